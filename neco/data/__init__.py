@@ -1,0 +1,1 @@
+"""Datasets: registry, canonical-layout reader, download/extract/prepare per dataset."""

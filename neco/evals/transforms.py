@@ -1,0 +1,250 @@
+"""Image and mask operations of the eval protocols, with explicit random generators.
+
+Each protocol resizes images and masks with specific ops, and nearest variants sample different
+pixels (evaluation.md §1.4), so the ops are named after what they reproduce:
+
+* PIL ``BILINEAR`` image resize / PIL ``NEAREST`` mask resize (source ``floor((x + 0.5)·r)``);
+* torch ``F.interpolate(mode='nearest')`` (source ``floor(x·r)``) and ``'nearest-exact'``.
+
+Randomness never touches the global RNG: :func:`derived_generator` builds a ``torch.Generator``
+from integer keys such as ``(seed, epoch, image index)``, and the random ops replay torchvision's
+draw sequence (``RandomResizedCrop.get_params``, ``RandomApply(ColorJitter)``,
+``RandomHorizontalFlip``) on that generator, so with equal generator state they return exactly
+what torchvision returns from the global RNG.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+from neco.crops import fallback_crop
+from neco.transforms import IMAGENET_MEAN, IMAGENET_STD
+# Hummingbird's std typo (0.255 for blue), present in every HB version (evaluation.md §1.3).
+HBIRD_TYPO_STD: tuple[float, float, float] = (0.229, 0.224, 0.255)
+
+
+class ImageStd(enum.Enum):
+    """Normalisation std: ``correct`` (0.225 blue) or Hummingbird's ``reference_typo`` (0.255)."""
+
+    correct = "correct"
+    reference_typo = "reference_typo"
+
+
+class MaskResize(enum.Enum):
+    """torch nearest variants for label maps."""
+
+    nearest = "nearest"
+    nearest_exact = "nearest-exact"
+
+
+@dataclass(frozen=True)
+class JitterConfig:
+    """Hummingbird colour jitter: four independent ``RandomApply(ColorJitter(x), p)``.
+
+    Attributes:
+        brightness: jitter strength, factor ~ U[1 − b, 1 + b] (reference 0.1).
+        contrast: factor ~ U[1 − c, 1 + c] (reference 0.1).
+        saturation: factor ~ U[1 − s, 1 + s] (reference 0.1).
+        hue: shift ~ U[−h, h] (reference 0.1; HB-1.1 0.5).
+        p: probability of applying each of the four (reference 0.5).
+    """
+
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    p: float
+
+
+def std_values(image_std: ImageStd) -> tuple[float, float, float]:
+    """The per-channel std of ``image_std``."""
+    return IMAGENET_STD if image_std is ImageStd.correct else HBIRD_TYPO_STD
+
+
+def derived_generator(*keys: int | str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from integer (or string) keys via ``numpy.SeedSequence``.
+
+    Distinct key tuples give statistically independent streams, independent of call order, so
+    per-sample augmentation is reproducible with any number of loader workers.
+
+    Raises:
+        ValueError: a negative integer key.
+    """
+    entropy = []
+    for key in keys:
+        value = zlib.crc32(key.encode("utf-8")) if isinstance(key, str) else int(key)
+        if value < 0:
+            raise ValueError(f"derived_generator: keys must be non-negative, got {keys!r}")
+        entropy.append(value)
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+    seed = (int(state[0]) << 31) ^ int(state[1])  # < 2**63
+    return torch.Generator().manual_seed(seed)
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` that copies read-only or non-contiguous arrays (e.g. from PIL)."""
+    if not array.flags.writeable or not array.flags.c_contiguous:
+        array = np.array(array, order="C")
+    return torch.from_numpy(array)
+
+
+def to_normalised(image: np.ndarray | torch.Tensor, image_std: ImageStd) -> torch.Tensor:
+    """uint8 RGB ``(H, W, 3)`` array or ``(3, H, W)`` tensor -> normalised float32 ``(3, H, W)``."""
+    x = as_tensor(image).permute(2, 0, 1) if isinstance(image, np.ndarray) else image
+    if x.dtype != torch.uint8 or x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"to_normalised: expected uint8 (3, H, W), got {x.dtype} {tuple(x.shape)}")
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(std_values(image_std)).view(3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def pil_resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL bilinear resize of uint8 ``(H, W, 3)`` to ``(size, size, 3)`` (as torchvision Resize)."""
+    pil = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(pil)
+
+
+def pil_resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """PIL ``NEAREST`` resize of a uint8 ``(H, W)`` label map to ``(size, size)``."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"pil_resize_mask: expected uint8 (H, W), got {mask.dtype} {mask.shape}")
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+
+
+def nearest_source_indices(
+    in_size: int, out_size: int, mode: MaskResize, device: torch.device | None = None
+) -> torch.Tensor:
+    """Source index of every output pixel of torch's nearest op along one axis, int64 ``(out,)``.
+
+    Obtained by running ``F.interpolate`` itself on ``arange(in_size)`` (exact in float32), so it
+    reproduces torch's own float index arithmetic rather than the ideal formula.
+    """
+    src = torch.arange(in_size, dtype=torch.float32, device=device).view(1, 1, in_size)
+    return F.interpolate(src, size=out_size, mode=mode.value).view(-1).long()
+
+
+def torch_resize_mask(mask: torch.Tensor, size: int, mode: MaskResize) -> torch.Tensor:
+    """torch nearest resize of integer label maps ``(..., H, W)`` to ``(..., size, size)``.
+
+    Gathers with :func:`nearest_source_indices`, so it works for every integer dtype (torch's
+    ``interpolate`` supports only uint8 among them) and never round-trips labels through float.
+    """
+    if mask.is_floating_point() or mask.ndim < 2:
+        raise ValueError(f"torch_resize_mask: expected integer (..., H, W), got {mask.dtype}")
+    rows = nearest_source_indices(mask.shape[-2], size, mode, mask.device)
+    cols = nearest_source_indices(mask.shape[-1], size, mode, mask.device)
+    return mask[..., rows[:, None], cols[None, :]]
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """``RandomResizedCrop.get_params`` of torchvision, drawn from ``generator``.
+
+    Ten tries of area fraction ~ U[scale] and log-ratio ~ U[log ratio]; then a centre crop of
+    the whole image with the ratio clamped to ``ratio`` (the fallback that scale > 1 triggers).
+
+    Returns:
+        ``(i, j, h, w)``: top, left, height, width.
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(list(ratio)))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(
+            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
+        ).item()
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return i, j, h, w
+    x, y, w, h = fallback_crop(width, height, (float(ratio[0]), float(ratio[1])))
+    return y, x, h, w
+
+
+def flip_draw(p: float, generator: torch.Generator) -> bool:
+    """``RandomHorizontalFlip(p)``'s decision: ``rand(1) < p``."""
+    return bool(torch.rand(1, generator=generator).item() < p)
+
+
+def color_jitter(
+    image: torch.Tensor, cfg: JitterConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Hummingbird jitter on a uint8 ``(3, H, W)`` tensor.
+
+    Replays ``[RandomApply([ColorJitter(brightness=b)], p), ... contrast, saturation, hue]``:
+    per op one ``rand(1)`` (skip if ``p < u``), then ``randperm(4)`` and the factor draw.
+    """
+    ops = (
+        (cfg.brightness, TF.adjust_brightness, False),
+        (cfg.contrast, TF.adjust_contrast, False),
+        (cfg.saturation, TF.adjust_saturation, False),
+        (cfg.hue, TF.adjust_hue, True),
+    )
+    for strength, fn, is_hue in ops:
+        if cfg.p < torch.rand(1, generator=generator).item():
+            continue
+        torch.randperm(4, generator=generator)  # ColorJitter's op-order draw (one op here)
+        if strength == 0:  # torchvision turns a zero-strength op off: no factor draw
+            continue
+        lo, hi = (-strength, strength) if is_hue else (max(0.0, 1.0 - strength), 1.0 + strength)
+        image = fn(image, float(torch.empty(1).uniform_(lo, hi, generator=generator)))
+    return image
+
+
+def crop_resize_image(
+    image: torch.Tensor, box: tuple[int, int, int, int], size: int
+) -> torch.Tensor:
+    """Crop ``box = (i, j, h, w)`` of a float ``(3, H, W)`` tensor, bilinear+antialias to size²."""
+    i, j, h, w = box
+    out: torch.Tensor = TF.resized_crop(
+        image, i, j, h, w, [size, size], TF.InterpolationMode.BILINEAR, antialias=True
+    )
+    return out
+
+
+def crop_resize_mask(mask: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """Crop ``box`` of an integer ``(H, W)`` mask and torch-``nearest`` resize it to size²."""
+    i, j, h, w = box
+    return torch_resize_mask(mask[i : i + h, j : j + w], size, MaskResize.nearest)
+
+
+def pil_crop_resize(
+    image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Linear-probe train op: PIL crop, bilinear (image) / NEAREST (mask) to size², then flip.
+
+    Args:
+        image: uint8 ``(H, W, 3)``.
+        mask: uint8 ``(H, W)``.
+        box: ``(i, j, h, w)`` from :func:`random_resized_crop_params`.
+        size: output side S.
+        flip: whether to flip both horizontally.
+
+    Returns:
+        uint8 ``(S, S, 3)`` image and uint8 ``(S, S)`` mask.
+    """
+    i, j, h, w = box
+    crop = (j, i, j + w, i + h)
+    img = Image.fromarray(image).crop(crop).resize((size, size), Image.Resampling.BILINEAR)
+    msk = Image.fromarray(mask).crop(crop).resize((size, size), Image.Resampling.NEAREST)
+    img_a, msk_a = np.asarray(img), np.asarray(msk)
+    if flip:
+        img_a, msk_a = img_a[:, ::-1], msk_a[:, ::-1]
+    return np.array(img_a), np.array(msk_a)

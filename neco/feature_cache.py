@@ -1,0 +1,39 @@
+"""On-disk cache of val-split patch tokens (the `features` stage's output).
+
+One file per (dataset, model): ``<dir>/<model>.pt`` holding ``tokens`` float32
+``(N, s*s, D)`` in split order, the ``ids``, ``input_size``, ``patch_size`` and the settings that
+produced it. Readers check that ids and input size match what they expect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neco.io import atomic_path, is_rank_zero
+
+
+def save_features(path: Path, *, tokens: torch.Tensor, ids: list[str], meta: dict[str, Any]) -> None:
+    """Atomically write cached tokens with their ids and settings."""
+    if not is_rank_zero():
+        return
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({"tokens": tokens.contiguous(), "ids": list(ids), "meta": dict(meta)}, tmp)
+
+
+def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tensor:
+    """Read cached tokens, checking they belong to ``ids`` at ``input_size``.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and the mismatch.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: cached features not found (run the features stage)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if list(blob["ids"]) != list(ids):
+        raise ValueError(f"{path}: cached ids differ from the dataset split ({len(blob['ids'])} vs {len(ids)})")
+    if int(blob["meta"]["input_size"]) != input_size:
+        raise ValueError(f"{path}: cached at input size {blob['meta']['input_size']}, expected {input_size}")
+    return blob["tokens"]

@@ -1,0 +1,72 @@
+"""Atomic, rank-zero-only writers.
+
+Every output is written to a temporary file in the destination directory and renamed into
+place, so an interrupted stage never leaves a half-written file that looks complete
+(STYLE P9). Under DDP only global rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def global_rank() -> int:
+    """Global rank of this process (0 when not launched by a distributed launcher)."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the one that writes outputs."""
+    return global_rank() == 0
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; rename it onto ``dest`` if the block succeeds.
+
+    Args:
+        dest: final path. Its parent directory is created.
+        suffix: suffix for the temporary file (some writers infer the format from it).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.is_file():  # mkstemp creates 0600; give the file the usual umask mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Atomically write ``data`` to ``dest`` (rank 0 only)."""
+    if not is_rank_zero():
+        return
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(dest: str | os.PathLike[str], text: str) -> None:
+    """Atomically write UTF-8 ``text`` to ``dest`` with LF line endings (rank 0 only)."""
+    write_bytes(dest, text.encode("utf-8"))
+
+
+def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented, key-sorted JSON with a trailing newline."""
+    write_text(dest, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")

@@ -1,0 +1,49 @@
+"""Stage `weights`: the initial backbone (official weights, a local file, or a seeded random init).
+
+Resolves ``train.backbone``'s weights once (downloading official files into
+``train.weights_cache``), loads them strictly through the backbone's key map and writes the
+initial backbone as a timm-loadable safetensors file. Training starts from it and the eval stages
+evaluate it as the ``init`` model, so the baseline is exactly the student's starting point.
+Offline, it fails within seconds (before torch is imported) naming the URL and ``train.weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from neco.config import RuntimeConfig, load_section, load_subset, load_value
+from neco.init_weights import WeightsParams, initial_weights_source
+
+PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output directory (models/init)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    seed = load_value(args.params, "seed", int)
+    params = load_subset(args.params, "train", WeightsParams)
+    runtime = load_section(args.params, "runtime", RuntimeConfig)
+    source = initial_weights_source(params, progress=runtime.progress)  # fast offline failure
+
+    from neco.backbones import build_backbone
+    from neco.export import export_backbone
+    from neco.io import write_json
+
+    backbone = build_backbone(params.backbone, weights=source, cache_dir=None, drop_path_rate=0.0,
+                              pos_embed_interp="official", seed=seed)
+    export_backbone(backbone, args.out / "init_backbone.safetensors", record_pos_embed_interp=False)
+    write_json(args.out / "weights.json", {"backbone": params.backbone, "source": source,
+                                           "load_report": backbone.load_report})
+    print(f"[weights] {params.backbone}: {source} -> {args.out / 'init_backbone.safetensors'}")
+
+
+if __name__ == "__main__":
+    from neco.cli import run_stage
+
+    run_stage(main)

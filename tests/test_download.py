@@ -1,0 +1,249 @@
+"""Tests for neco.download against a local HTTP server (datasets.md §8, §10)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from neco.data.archives import ArchiveConfig
+from neco.download import DownloadError, fetch, fetch_archives, marker_path
+from neco.http_transfer import FatalError, TransientError, classify_error
+from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401
+
+BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 B: several read chunks
+MD5 = hashlib.md5(BODY).hexdigest()
+SHA1 = hashlib.sha1(BODY).hexdigest()
+NET = dict(retries=0, timeout_s=5.0, backoff_s=0.0, progress=False)
+
+
+def test_success_writes_verified_file_and_marker(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    dest = fetch([url], tmp_path / "a.bin", md5=MD5, sha1=SHA1, size=len(BODY), **NET)
+    assert dest.read_bytes() == BODY
+    assert not (tmp_path / "a.bin.part").exists()
+    assert f'"md5": "{MD5}"' in marker_path(dest).read_text()
+
+
+def test_rerun_is_noop(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    fetch([url], tmp_path / "a.bin", md5=MD5, **NET)
+    http_server.routes.clear()  # the server would now answer 404
+    fetch([url], tmp_path / "a.bin", md5=MD5, **NET)
+    assert len(http_server.hits("/a.bin")) == 1
+
+
+def test_existing_file_without_marker_is_verified_not_downloaded(
+        http_server: LocalServer, tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(BODY)
+    fetch([http_server.url("/a.bin")], tmp_path / "a.bin", md5=MD5, **NET)
+    assert http_server.hits("/a.bin") == []
+    assert marker_path(tmp_path / "a.bin").exists()
+
+
+def test_interrupted_download_resumes_with_range(http_server: LocalServer, tmp_path: Path) -> None:
+    cut = 300_000
+    url = http_server.add("/a.bin", BODY, truncate_at=cut)
+    with pytest.raises(DownloadError, match="truncated"):
+        fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
+    part = tmp_path / "a.bin.part"
+    assert part.stat().st_size == cut
+    http_server.routes["/a.bin"].truncate_at = None
+    dest = fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
+    assert dest.read_bytes() == BODY
+    assert http_server.hits("/a.bin")[-1]["Range"] == f"bytes={cut}-"
+    assert not part.exists()
+
+
+def test_resume_falls_back_to_full_restart_on_200(http_server: LocalServer,
+                                                  tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY, support_range=False)
+    (tmp_path / "a.bin.part").write_bytes(b"garbage-prefix")
+    dest = fetch([url], tmp_path / "a.bin", md5=MD5, **NET)
+    assert dest.read_bytes() == BODY
+
+
+def test_retry_within_one_call_resumes(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY, truncate_at=1000, truncate_times=1)
+    dest = fetch([url], tmp_path / "a.bin", md5=MD5, **{**NET, "retries": 1})
+    assert dest.read_bytes() == BODY
+    assert [h.get("Range") for h in http_server.hits("/a.bin")] == [None, "bytes=1000-"]
+
+
+def test_md5_mismatch_removes_partial_and_names_hashes(http_server: LocalServer,
+                                                       tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    wrong = "0" * 32
+    with pytest.raises(DownloadError) as err:
+        fetch([url], tmp_path / "a.bin", md5=wrong, **NET)
+    assert wrong in str(err.value) and MD5 in str(err.value)
+    assert not (tmp_path / "a.bin.part").exists()
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_size_mismatch_fails_before_download(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    with pytest.raises(DownloadError, match=f"expected {len(BODY) + 1}"):
+        fetch([url], tmp_path / "a.bin", size=len(BODY) + 1, **NET)
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_404_fails_fast_without_retry(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.url("/missing.bin")
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch([url], tmp_path / "m.bin", md5=MD5, **{**NET, "retries": 3, "backoff_s": 5.0})
+    assert time.monotonic() - t0 < 3.0  # no backoff sleeps
+    assert len(http_server.hits("/missing.bin")) == 1
+
+
+def test_5xx_is_retried_with_backoff(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY, fail_times=2)
+    dest = fetch([url], tmp_path / "a.bin", md5=MD5, **{**NET, "retries": 2, "backoff_s": 0.01})
+    assert dest.read_bytes() == BODY
+    assert len(http_server.hits("/a.bin")) == 3
+
+
+def test_truncated_body_is_an_error(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY, truncate_at=10)
+    with pytest.raises(DownloadError, match="truncated body"):
+        fetch([url], tmp_path / "a.bin", **NET)
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_301_redirect_is_followed(http_server: LocalServer, tmp_path: Path) -> None:
+    real = http_server.add("/real.bin", BODY)
+    url = http_server.add("/old.bin", b"", redirect_to=real)
+    assert fetch([url], tmp_path / "a.bin", md5=MD5, **NET).read_bytes() == BODY
+
+
+def test_mirror_fallback(http_server: LocalServer, tmp_path: Path) -> None:
+    good = http_server.add("/good.bin", BODY)
+    dest = fetch([http_server.url("/gone.bin"), good], tmp_path / "a.bin", md5=MD5, **NET)
+    assert dest.read_bytes() == BODY
+    assert len(http_server.hits("/gone.bin")) == 1
+
+
+@pytest.mark.parametrize("ctype,body", [
+    ("text/html; charset=utf-8", b"<p>please log in</p>"),
+    ("application/octet-stream", b"<!DOCTYPE html><html>quota exceeded</html>"),
+])
+def test_html_error_page_is_rejected(http_server: LocalServer, tmp_path: Path, ctype: str,
+                                     body: bytes) -> None:
+    url = http_server.add("/a.bin", body, content_type=ctype)
+    with pytest.raises(DownloadError, match="HTML"):
+        fetch([url], tmp_path / "a.bin", **NET)
+    assert not (tmp_path / "a.bin").exists() and not (tmp_path / "a.bin.part").exists()
+
+
+def test_html_page_far_below_expected_size_is_rejected(http_server: LocalServer,
+                                                       tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", b"<html>error</html>", content_type="text/plain")
+    with pytest.raises(DownloadError, match=f"expected {len(BODY)}"):
+        fetch([url], tmp_path / "a.bin", size=len(BODY), **NET)
+
+
+def test_local_path_skips_download_but_not_verification(tmp_path: Path) -> None:
+    src = tmp_path / "mine.bin"
+    src.write_bytes(BODY)
+    dest = fetch(["http://127.0.0.1:9/never"], tmp_path / "out" / "a.bin", md5=MD5,
+                 local_path=src, **NET)
+    assert dest.read_bytes() == BODY
+    with pytest.raises(DownloadError, match="md5 mismatch"):
+        fetch([], tmp_path / "out2" / "a.bin", md5="f" * 32, local_path=src, **NET)
+    with pytest.raises(DownloadError, match="does not exist"):
+        fetch([], tmp_path / "out3" / "a.bin", md5=MD5, local_path=tmp_path / "nope", **NET)
+
+
+def test_offline_failure_is_fast_and_names_urls_and_alternatives(tmp_path: Path) -> None:
+    urls = ["http://images.cocodataset.invalid/zips/val2017.zip",
+            "https://mirror.invalid/val2017.zip"]
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        fetch(urls, tmp_path / "val2017.zip", md5=MD5, retries=3, timeout_s=10.0, backoff_s=5.0,
+              progress=False, param_hint="datasets.coco.archives.val2017")
+    assert time.monotonic() - t0 < 5.0
+    msg = str(err.value)
+    for needle in [*urls, "datasets.coco.archives.val2017.urls",
+                   "datasets.coco.archives.val2017.local_path", "`datasets.coco.cache_dir`"]:
+        assert needle in msg
+
+
+def test_classification_of_errors() -> None:
+    gai = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    assert isinstance(classify_error("http://x.org/a", gai), FatalError)
+    refused = urllib.error.URLError(ConnectionRefusedError(111, "refused"))
+    assert isinstance(classify_error("http://x.org/a", refused), FatalError)
+    assert isinstance(classify_error("http://127.0.0.1:1/a", refused), TransientError)
+    assert isinstance(classify_error("http://x.org/a", TimeoutError("timed out")), TransientError)
+    missing = urllib.error.URLError(FileNotFoundError(2, "No such file"))
+    assert isinstance(classify_error("file:///nope.zip", missing), FatalError)
+    assert isinstance(classify_error("http://x.org/a", ConnectionResetError()), TransientError)
+    for code, kind in [(403, FatalError), (404, FatalError), (429, TransientError),
+                       (500, TransientError), (503, TransientError)]:
+        http_err = urllib.error.HTTPError("http://x.org/a", code, "msg", {}, None)  # type: ignore
+        assert isinstance(classify_error("http://x.org/a", http_err), kind)
+
+
+def test_fetch_archives_with_cache_dir(http_server: LocalServer, tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    arcs = {"a": ArchiveConfig(filename="a.bin", urls=[url], md5=MD5, sha1=None, size=None,
+                               local_path=None)}
+    kw = dict(progress=False, retries=0, timeout_s=5.0, backoff_s=0.0)
+    out = fetch_archives(arcs, tmp_path / "raw", cache_dir=tmp_path / "cache", **kw)
+    assert out == {"a": tmp_path / "raw" / "a.bin"}
+    assert out["a"].read_bytes() == BODY and (tmp_path / "cache" / "a.bin").exists()
+    # A second checkout with the same cache never touches the network.
+    out2 = fetch_archives(arcs, tmp_path / "raw2", cache_dir=tmp_path / "cache", **kw)
+    assert out2["a"].read_bytes() == BODY
+    assert len(http_server.hits("/a.bin")) == 1
+    bad = {"a": ArchiveConfig(filename="../a.bin", urls=[url], md5=None, sha1=None, size=None,
+                              local_path=None)}
+    with pytest.raises(DownloadError, match="plain file name"):
+        fetch_archives(bad, tmp_path / "raw3", cache_dir=None, **kw)
+
+
+def test_download_stage_main_coco_and_offline_message(http_server: LocalServer,
+                                                      tmp_path: Path) -> None:
+    """stages/download.py end to end: params block -> CocoConfig -> fetch into --out."""
+    from stages.download import main
+    from tests.fixtures.coco_in100 import build_coco_archives
+
+    arcs = build_coco_archives(tmp_path / "src")
+    lines = ["runtime:", "  num_workers: 0", "  progress: false", "datasets:", "  coco:",
+             "    archives:"]
+    for key, p in arcs.items():
+        url = http_server.add(f"/{p.name}", p.read_bytes())
+        lines += [f"      {key}:", f"        filename: {p.name}", f"        urls: [{url}]",
+                  f"        md5: {hashlib.md5(p.read_bytes()).hexdigest()}", "        sha1: null",
+                  f"        size: {p.stat().st_size}", "        local_path: null"]
+    lines += ["    linear_subset: {fraction: 0.1, seed: 400}", "    convert_train: subset",
+              "    regenerate_stuff_from_json: false", "    verify_counts: false",
+              "    cache_dir: null", "    download: {retries: 0, timeout_s: 5.0, backoff_s: 0.0}"]
+    params = tmp_path / "params.yaml"
+    params.write_text("\n".join(lines) + "\n")
+    main(["--params", str(params), "--dataset", "coco", "--out", str(tmp_path / "raw")])
+    for p in arcs.values():
+        assert (tmp_path / "raw" / p.name).read_bytes() == p.read_bytes()
+        assert marker_path(tmp_path / "raw" / p.name).is_file()
+    # Offline-style failure: an unresolvable host fails fast and names the param keys.
+    params.write_text(params.read_text().replace(http_server.url(""), "http://coco.invalid"))
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=r"datasets\.coco\.archives\.\w+\.local_path"):
+        main(["--params", str(params), "--dataset", "coco", "--out", str(tmp_path / "raw2")])
+    assert time.monotonic() - t0 < 5.0
+
+
+def test_complete_partial_is_verified_without_request(http_server: LocalServer,
+                                                      tmp_path: Path) -> None:
+    url = http_server.add("/a.bin", BODY)
+    (tmp_path / "a.bin.part").write_bytes(BODY)
+    fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
+    assert http_server.hits("/a.bin") == []
+    (tmp_path / "b.bin.part").write_bytes(BODY[::-1])  # right size, wrong bytes: refetched
+    fetch([url], tmp_path / "b.bin", md5=MD5, size=len(BODY), **NET)
+    assert (tmp_path / "b.bin").read_bytes() == BODY

@@ -1,0 +1,150 @@
+"""End to end: copy the repository, shrink params, `dvc repro`, no-op rerun, `dvc exp run -S`.
+
+This is the CPU smoke experiment of the whole DAG (STYLE §3): every stage runs on a tiny
+synthetic dataset with the tiny ViT; then `dvc status` is clean, a second `dvc repro` runs
+nothing, and an experiment that changes a training param shows changed numbers in
+`dvc metrics diff`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY: dict[str, Any] = {
+    "datasets.synthetic.generator.num_train": 16,
+    "datasets.synthetic.generator.num_val": 6,
+    "datasets.synthetic.generator.sizes": [64, 80],
+    "crops.global_size": 32,
+    "crops.local_size": 16,
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.head.hidden_dim": 32,
+    "train.head.out_dim": 16,
+    "train.loss.roi_k": 2,
+    "train.loss.n_refs": 4,
+    "train.loss.queue_length": 64,
+    "train.loss.queue_push_per_image": 2,
+    "eval.features.input_size": 32,
+    "eval.linear.input_size": 32,
+    "eval.linear.mask_size": 16,
+    "eval.linear.eval_mask_size": 16,
+    "eval.linear.epochs": 2,
+    "eval.linear.batch_size": 8,
+    "eval.overcluster.input_size": 32,
+    "eval.overcluster.mask_size": 16,
+    "eval.overcluster.ks": [14],
+    "eval.overcluster.seeds": [0, 1],
+    "eval.overcluster.nredo": 1,
+    "eval.hbird.input_size": 32,
+    "eval.hbird.k": 5,
+    "eval.hbird.fractions": ["1/1", "1/8"],
+    "eval.hbird.subset_seeds": [42, 400],
+}
+
+
+def _set(params: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = params
+    for p in parents:
+        node = node[p]
+    assert leaf in node, dotted
+    node[leaf] = value
+
+
+def _copy_repo(dst: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    for rel in files:
+        src = ROOT / rel
+        if not src.is_file() or rel.startswith(("reports/", "bench/")):
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    return env
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("git") is None or not (Path(sys.executable).parent / "dvc").exists():
+        pytest.skip("needs git and dvc in the venv")
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    _copy_repo(dst)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for key, value in TINY.items():
+        _set(params, key, value)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "commit", "-qm", "tiny"], dst)
+    return dst
+
+
+def test_repro_runs_every_stage_and_is_idempotent(repo: Path) -> None:
+    out = _run(["dvc", "repro"], repo)
+    for stage in ("weights", "download@synthetic", "prepare@synthetic", "crops", "train", "features@synthetic",
+                  "eval_linear@synthetic", "eval_overcluster@synthetic", "eval_hbird@synthetic", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    for key in ("linear.synthetic.init.miou", "linear.synthetic.neco.miou", "train.final_loss"):
+        assert key in metrics, sorted(metrics)
+    tables = (repo / "reports/tables.md").read_text()
+    assert "Linear segmentation" in tables and "Hummingbird" in tables
+    for fig in ("training_loss", "linear_synthetic", "overcluster_synthetic", "hbird_synthetic"):
+        assert (repo / f"reports/figures/{fig}.png").stat().st_size > 1000
+    assert "up to date" in _run(["dvc", "status"], repo)
+    again = _run(["dvc", "repro"], repo)
+    assert "Running stage" not in again, again
+
+
+def test_exp_run_changes_metrics(repo: Path) -> None:
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "baseline results"], repo)
+    out = _run(["dvc", "exp", "run", "-S", "train.lr_heads=0.01", "-S", "train.lr_backbone=0.001"], repo)
+    assert "Running stage 'train'" in out
+    assert "Running stage 'crops'" not in out  # the manifest does not depend on learning rates
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))
+    changed = diff["reports/metrics.json"]
+    assert "train.final_loss" in changed and changed["train.final_loss"]["diff"] != 0, changed
+
+
+def test_exp_run_with_unavailable_backbone_weights_fails_fast(repo: Path, tmp_path: Path) -> None:
+    """Offline, `dvc exp run -S train.backbone=dinov2_vitb14` fails within seconds with the URL
+    and the `train.weights` hint (the weights stage runs first and imports no torch)."""
+    args = ["dvc", "exp", "run", "-S", "train.backbone=dinov2_vitb14",
+            "-S", f"train.weights_cache={tmp_path / 'empty-cache'}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(args, cwd=repo, env=_env(), capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth" in out
+    assert "train.weights" in out and "Traceback" not in out
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"

@@ -1,0 +1,116 @@
+"""dvc.yaml is in sync with the stages: declared params, commands, paths (STYLE P4-P6, P10)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from neco.config import validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dvc() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def _params() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _expand(stage: dict[str, Any], params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(item, stage body) per foreach item, with ${item} substituted (or one entry)."""
+    if "foreach" not in stage:
+        return [("", stage)]
+    ref = re.fullmatch(r"\$\{(.+)\}", stage["foreach"]).group(1)  # type: ignore[union-attr]
+    items: Any = params
+    for part in ref.split("."):
+        items = items[part]
+    body = yaml.safe_dump(stage["do"])
+    return [(item, yaml.safe_load(body.replace("${item}", item))) for item in items]
+
+
+def _resolve_vars(text: str, params: dict[str, Any]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        node: Any = params
+        for part in m.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([a-z_.]+)\}", sub, text)
+
+
+def _expanded_stages() -> list[tuple[str, str, dict[str, Any]]]:
+    params = _params()
+    out = []
+    for name, stage in _dvc()["stages"].items():
+        for item, body in _expand(stage, params):
+            body = yaml.safe_load(_resolve_vars(yaml.safe_dump(body), params))
+            out.append((name, item, body))
+    return out
+
+
+STAGES = _expanded_stages()
+
+
+@pytest.mark.parametrize(("name", "item", "body"), STAGES, ids=[f"{n}@{i}" if i else n for n, i, _ in STAGES])
+def test_declared_params_match_what_the_stage_reads(name: str, item: str, body: dict[str, Any]) -> None:
+    argv = shlex.split(body["cmd"])
+    assert argv[:2] == ["python", "-m"], f"{name}: stages run as `python -m stages.<name>`"
+    module = importlib.import_module(argv[2])
+    fmt = {"dataset": item}
+    if "--protocol" in argv:
+        fmt["protocol"] = argv[argv.index("--protocol") + 1]
+    expected = sorted(p.format(**fmt) for p in module.PARAMS)
+    assert sorted(body.get("params", [])) == expected, f"{name}@{item}: dvc.yaml params drifted from {argv[2]}.PARAMS"
+
+
+@pytest.mark.parametrize(("name", "item", "body"), STAGES, ids=[f"{n}@{i}" if i else n for n, i, _ in STAGES])
+def test_paths_in_cmd_are_declared(name: str, item: str, body: dict[str, Any]) -> None:
+    """Every path argument of the command is a declared dep or out (or inside one)."""
+    declared = [next(iter(d)) if isinstance(d, dict) else d for d in body.get("deps", []) + body.get("outs", [])]
+    argv = shlex.split(body["cmd"])
+    for flag, value in zip(argv, argv[1:]):
+        if not flag.startswith("--") or flag in ("--params", "--dataset", "--protocol", "--checkpoints"):
+            continue
+        if "/" not in value:
+            continue
+        assert any(value == d or value.startswith(d.rstrip("/") + "/") or d.startswith(value.rstrip("/") + "/")
+                   for d in declared), f"{name}@{item}: {flag} {value} is neither a dep nor an out"
+
+
+def test_declared_params_exist_in_params_yaml() -> None:
+    params = _params()
+    for name, item, body in STAGES:
+        for key in body.get("params", []):
+            node: Any = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}@{item}: param {key} missing"
+                node = node[part]
+
+
+def test_params_yaml_validates_and_every_key_is_commented() -> None:
+    validate_params(ROOT / "params.yaml")
+    for lineno, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        # a key line with a value must carry a comment; pure section headers may too
+        if re.match(r"^[a-z_0-9]+:\s*\S", stripped) and "#" not in stripped:
+            if not stripped.endswith(":"):
+                pytest.fail(f"params.yaml:{lineno}: `{stripped}` has no comment")
+
+
+def test_metrics_and_plots_declared_at_top_level() -> None:
+    dvc = _dvc()
+    assert dvc["metrics"] == ["reports/metrics.json"]
+    plot_files = [next(iter(p)) for p in dvc["plots"]]
+    assert all(p.startswith("reports/train/") for p in plot_files)
+    report_outs = [next(iter(o)) if isinstance(o, dict) else o for o in dvc["stages"]["report"]["outs"]]
+    assert "reports/metrics.json" in report_outs

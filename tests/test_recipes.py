@@ -1,0 +1,105 @@
+"""Per-backbone recipes (method.md §12) and their resolution against explicit params."""
+
+from __future__ import annotations
+
+import pytest
+
+from neco.backbone_specs import BACKBONES
+from neco.recipes import RECIPES, resolve_recipe
+
+COCO_TRAIN = 118_287
+
+# method.md §12 table: (global px, local px, B, epochs, total steps on COCO, lr_backbone, queue)
+TABLE = {
+    "dinov2_vits14": (518, 98, 64, 25, 46_200, 1e-5, True),
+    "dinov2_vits14_reg": (518, 98, 64, 25, 46_200, 1e-5, True),
+    "dinov2_vits14_xr": (518, 98, 64, 25, 46_200, 1e-5, True),
+    "dinov2_vitb14": (518, 98, 16, 25, 184_800, 5e-6, True),
+    "dinov2_vitb14_reg": (518, 98, 16, 25, 184_800, 1e-6, True),
+    "dinov2_vitb14_xr": (518, 98, 16, 25, 184_800, 1e-6, True),
+    "dino_vits16": (224, 98, 45, 50, 131_400, 1e-5, False),
+    "timetuning_vits16": (224, 98, 45, 50, 131_400, 1e-5, False),
+    "leopart_vits16": (224, 98, 45, 50, 131_400, 1e-5, False),
+}
+
+
+def test_every_backbone_has_a_recipe_with_patch_compatible_globals() -> None:
+    assert set(RECIPES) == set(BACKBONES)
+    for name, r in RECIPES.items():
+        assert r.global_size % BACKBONES[name].patch_size == 0, name
+        assert r.batch_size * 49 <= r.queue_length  # method.md §6 / §16 #5 at the official n
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_released_recipes_match_the_spec_table(name: str) -> None:
+    g, loc, b, ep, steps, lr, queue = TABLE[name]
+    r = RECIPES[name]
+    assert (r.global_size, r.local_size, r.batch_size, r.epochs, r.queue) == (g, loc, b, ep, queue)
+    assert r.lr_backbone == pytest.approx(lr, rel=0)
+    assert (COCO_TRAIN // r.batch_size) * r.epochs == steps  # drop_last steps (method.md §10)
+    assert r.config.startswith("models/")
+    if queue:
+        assert (r.queue_length, r.queue_push_per_image) == (8192, 10)
+
+
+def test_presumed_and_demo_recipes_are_labelled() -> None:
+    for name in ("ibot_vits16", "cribo_vitb16", "dino_vitb16"):
+        assert "unverified" in RECIPES[name].config
+    demo = RECIPES["vit_tiny_demo"]
+    assert (demo.global_size, demo.local_size, demo.batch_size, demo.queue) == (112, 48, 16, True)
+    assert "demo" in demo.config
+
+
+def test_resolve_recipe_explicit_values_win_and_origins_are_recorded() -> None:
+    out = resolve_recipe(
+        "dinov2_vits14_xr",
+        {"batch_size": 32, "lr_backbone": None, "epochs": 1, "queue": False, "global_size": None},
+    )
+    assert out["backbone"] == "dinov2_vits14_xr"
+    assert out["recipe"] == "models/small/neco_dinov2r_xr.yml"
+    v, o = out["values"], out["origin"]
+    assert (v["batch_size"], v["epochs"], v["queue"]) == (32, 1, False)
+    assert (v["lr_backbone"], v["global_size"], v["local_size"]) == (1e-5, 518, 98)
+    assert o["batch_size"] == o["epochs"] == o["queue"] == "params"
+    assert o["lr_backbone"] == o["global_size"] == o["local_size"] == "recipe"
+    assert (
+        set(v)
+        == set(o)
+        == {
+            "global_size",
+            "local_size",
+            "batch_size",
+            "lr_backbone",
+            "epochs",
+            "queue",
+            "queue_length",
+            "queue_push_per_image",
+        }
+    )
+
+
+def test_resolve_recipe_rejects_bad_input() -> None:
+    assert resolve_recipe("dino_vits16", {"lr_backbone": 1})["values"]["lr_backbone"] == 1.0
+    with pytest.raises(KeyError, match=r"unknown key\(s\) \['lr'\]"):
+        resolve_recipe("dino_vits16", {"lr": 1e-4})
+    with pytest.raises(KeyError, match="no recipe for 'vit_huge'"):
+        resolve_recipe("vit_huge", {})
+    with pytest.raises(TypeError, match="batch_size: expected int, got True"):
+        resolve_recipe("dino_vits16", {"batch_size": True})
+    with pytest.raises(TypeError, match="queue: expected bool"):
+        resolve_recipe("dino_vits16", {"queue": 1})
+    with pytest.raises(ValueError, match="epochs: expected a positive value"):
+        resolve_recipe("dino_vits16", {"epochs": 0})
+
+
+def test_resolve_train_config_reads_the_sections() -> None:
+    from types import SimpleNamespace as NS
+
+    from neco.recipes import resolve_train_config
+
+    loss = NS(queue=None, queue_length=4096, queue_push_per_image=None)
+    train = NS(backbone="vit_tiny_demo", batch_size=None, lr_backbone=None, epochs=2, loss=loss)
+    out = resolve_train_config(train, NS(global_size=None, local_size=64))
+    assert out["values"]["local_size"] == 64 and out["origin"]["local_size"] == "params"
+    assert out["values"]["queue_length"] == 4096 and out["values"]["epochs"] == 2
+    assert out["values"]["global_size"] == 112 and out["origin"]["queue"] == "recipe"

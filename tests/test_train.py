@@ -1,0 +1,198 @@
+"""``run_training`` end to end on tiny data: outputs, determinism, resume, final checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import neco.data.datamodule as datamodule
+from neco.backbones import build_backbone
+from neco.config import TrainConfig, load_section, load_value
+from neco.crops import CropConfig
+from neco.export import export_from_checkpoint
+from neco.train import run_training
+from tests.fixtures.tiny_training import TinySetup, build_tiny, git_repo
+
+torch.set_num_threads(1)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),  # Lightning vs torch
+    # the fingerprint file is written before Lightning creates the directory
+    pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty"),
+]
+
+STEPS = 6  # 12 images / batch 4 = 3 steps per epoch, 2 epochs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinySetup]:
+    root = tmp_path_factory.mktemp("tiny_train")
+    setup = build_tiny(root)
+    with pytest.MonkeyPatch.context() as mp:  # dvclive wants a git repository as working dir
+        mp.chdir(git_repo(root / "repo"))
+        yield setup
+
+
+def run(tiny: TinySetup, tag: str, params: Path | None = None) -> dict[str, Any]:
+    params = params or tiny.params
+    return run_training(
+        seed=load_value(params, "seed", int),
+        train=load_section(params, "train", TrainConfig),
+        crops=load_section(params, "crops", CropConfig),
+        images=tiny.images(),
+        manifest_path=tiny.manifest,
+        out_dir=tiny.root / tag / "out",
+        checkpoint_dir=tiny.root / tag / "ckpt",
+        live_dir=tiny.root / tag / "live",
+        num_workers=0,
+        progress=False,
+    )
+
+
+def crash_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make the data loading of ``epoch`` fail, as a preempted or killed job would."""
+    original = datamodule.MultiCropDataset.__getitem__
+
+    def getitem(self: datamodule.MultiCropDataset, index: int) -> Any:
+        if self.epoch == epoch:
+            raise RuntimeError("simulated crash")
+        return original(self, index)
+
+    monkeypatch.setattr(datamodule.MultiCropDataset, "__getitem__", getitem)
+
+
+def student(tiny: TinySetup, tag: str) -> dict[str, torch.Tensor]:
+    return load_file(str(tiny.root / tag / "out" / "student_backbone.safetensors"))
+
+
+def tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    diff = {k: float((a[k] - b[k]).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not diff, f"{len(diff)} tensors differ, e.g. {sorted(diff.items())[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny: TinySetup) -> dict[str, Any]:
+    """The uninterrupted run every other run is compared with."""
+    return run(tiny, "ref")
+
+
+def test_outputs(tiny: TinySetup, reference: dict[str, Any]) -> None:
+    out, live, ckpt = (tiny.root / "ref" / d for d in ("out", "live", "ckpt"))
+    # init = the seeded random start of vit_tiny_demo; the student moved away from it
+    init = load_file(str(out / "init_backbone.safetensors"))
+    fresh = build_backbone("vit_tiny_demo", weights="random", cache_dir=None, drop_path_rate=0.0,
+                           pos_embed_interp="official", seed=load_value(tiny.params, "seed", int))
+    assert_same_weights(init, fresh.vit.state_dict())
+    trained = student(tiny, "ref")
+    assert trained.keys() == init.keys()
+    assert any(not torch.equal(trained[k], init[k]) for k in init)
+
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    assert resolved["steps_per_epoch"] == 3 and resolved["backbone"] == "vit_tiny_demo"
+    assert resolved["values"]["epochs"] == 2 and resolved["values"]["global_size"] == 32
+    assert resolved["origin"]["lr_backbone"] == "params" and len(resolved["fingerprint"]) == 16
+
+    summary = json.loads((live / "summary.json").read_text())
+    assert summary == pytest.approx(reference)
+    assert summary["steps"] == STEPS and summary["epochs"] == 2 and summary["resumed"] is False
+    assert summary["initial_loss"] > summary["final_loss"] > 0
+    assert summary["first_epoch_mean_loss"] > summary["final_loss_epoch_mean"]
+
+    # the curves dvc.yaml declares as plots (reports/train/plots/metrics/train/*.tsv)
+    plots = live / "plots" / "metrics" / "train"
+    for name in ("loss", "lr_backbone", "momentum", "weight_decay", "lr_heads"):
+        rows = tsv(plots / f"{name}.tsv")
+        assert len(rows) == STEPS and set(rows[0]) == {"step", name}, name
+    losses = [float(r["loss"]) for r in tsv(plots / "loss.tsv")]
+    assert losses[0] == pytest.approx(summary["initial_loss"])
+    assert losses[-1] == pytest.approx(summary["final_loss"])
+    lrs = [float(r["lr_backbone"]) for r in tsv(plots / "lr_backbone.tsv")]
+    assert lrs[0] == pytest.approx(1e-4) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert len(tsv(plots / "epoch_loss.tsv")) == 2
+
+    # completed: the final state is final.ckpt, nothing is left to resume from
+    assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
+
+
+def test_same_params_same_result(tiny: TinySetup, reference: dict[str, Any]) -> None:
+    again = run(tiny, "again")
+    for key in ("initial_loss", "final_loss", "first_epoch_mean_loss", "final_loss_epoch_mean"):
+        assert again[key] == reference[key], key
+    assert_same_weights(student(tiny, "again"), student(tiny, "ref"))
+    plots = Path("plots") / "metrics" / "train" / "loss.tsv"
+    assert tsv(tiny.root / "again" / "live" / plots) == tsv(tiny.root / "ref" / "live" / plots)
+
+
+def test_resume_after_a_crash_is_exact(
+    tiny: TinySetup, reference: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in epoch 2, rerun with the same params: resumes from last.ckpt, ends identical."""
+    with monkeypatch.context() as mp:
+        crash_in_epoch(mp, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(tiny, "resume")
+    ckpt = tiny.root / "resume" / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt", "last.fingerprint"]
+    last = torch.load(ckpt / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 3
+    assert not (tiny.root / "resume" / "out" / "student_backbone.safetensors").exists()
+
+    resumed = run(tiny, "resume")
+    assert resumed["resumed"] is True and resumed["steps"] == STEPS
+    for key in ("initial_loss", "final_loss", "first_epoch_mean_loss", "final_loss_epoch_mean"):
+        assert resumed[key] == reference[key], key
+    assert_same_weights(student(tiny, "resume"), student(tiny, "ref"))
+    # dvclive continues the curves: one row per step, the same values
+    plots = Path("plots") / "metrics" / "train" / "loss.tsv"
+    assert tsv(tiny.root / "resume" / "live" / plots) == tsv(tiny.root / "ref" / "live" / plots)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
+
+
+def test_changed_config_does_not_resume_and_final_ckpt_is_final(
+    tiny: TinySetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last.ckpt of other params is discarded; final.ckpt holds the end state even when no
+    periodic checkpoint was written (checkpoint_every_n_epochs > epochs)."""
+    with monkeypatch.context() as mp:
+        crash_in_epoch(mp, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(tiny, "changed")
+    ckpt = tiny.root / "changed" / "ckpt"
+    assert (ckpt / "last.ckpt").is_file()
+    params = tiny.with_params("changed", {"train.checkpoint_every_n_epochs": 5})
+    summary = run(tiny, "changed", params)
+    assert summary["resumed"] is False and summary["steps"] == STEPS
+    assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
+    final = torch.load(ckpt / "final.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == STEPS and final["epoch"] == 2
+    # final.ckpt's student is the exported student (neco.export's reader of our checkpoints)
+    exported = tiny.root / "changed" / "x.safetensors"
+    export_from_checkpoint(ckpt / "final.ckpt", "vit_tiny_demo", exported,
+                           prefix="student.backbone.", fmt="ours", pos_embed_interp=None)
+    assert_same_weights(load_file(str(exported)), student(tiny, "changed"))
+
+
+def test_max_steps_run_is_complete_and_not_resumed(
+    tiny: TinySetup, reference: dict[str, Any]
+) -> None:
+    """Design (neco/train.py): max_steps is part of the fingerprint and a run it stops counts as
+    complete, so a later full run starts from scratch (and still matches the reference)."""
+    short = tiny.with_params("short", {"train.max_steps": 3})
+    summary = run(tiny, "short", short)
+    ckpt = tiny.root / "short" / "ckpt"
+    assert summary["steps"] == 3 and summary["resumed"] is False
+    assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
+    full = run(tiny, "short")
+    assert full["resumed"] is False and full["final_loss"] == reference["final_loss"]
