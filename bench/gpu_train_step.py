@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 
-from neco.backbones import build_backbone
-from neco.ema import cosine_schedule, ema_update, param_groups
-from neco.heads import ProjectionHead
-from neco.neco_loss import LossConfig, Similarity, loss_from_maps
-from neco.references import ReferenceQueue
-from neco.sorting import SortDistribution, SortNetwork
+from neco.config.method import LossConfig, Similarity, SortDistribution
+from neco.method.heads import ProjectionHead
+from neco.method.loss import loss_from_maps
+from neco.method.optim import param_groups
+from neco.method.references import ReferenceQueue
+from neco.method.schedules import cosine_schedule, ema_update
+from neco.method.sorting import SortNetwork
+from neco.models.vit import build_backbone
 
 
 def _maps(backbone: torch.nn.Module, head: torch.nn.Module, views: list[torch.Tensor], patch: int,

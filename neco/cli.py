@@ -18,11 +18,11 @@ T = TypeVar("T")
 
 _USER_ERRORS = {
     "neco.config": ("ConfigError",),
-    "neco.download": ("DownloadError",),
-    "neco.weights": ("WeightsError",),
-    "neco.crop_manifest": ("ManifestError",),
-    "neco.crops": ("CropSamplingError",),
-    "neco.data.extract": ("ExtractError",),
+    "neco.download.fetch": ("DownloadError",),
+    "neco.models.registry": ("WeightsError",),
+    "neco.method.manifest": ("ManifestError",),
+    "neco.method.crops": ("CropSamplingError",),
+    "neco.download.extract": ("ExtractError",),
 }
 
 

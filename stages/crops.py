@@ -8,7 +8,7 @@ sizes come from the backbone recipe, resolved exactly as the train stage resolve
 training images are the registry's ``unlabelled_split`` of ``--dataset`` (or ``--split``);
 without ``--dataset``, ``--split`` and ``--image-dir`` (default ``images/<split>``) name them
 inside ``--data``. The manifest's image order is the split list's. Only image headers are read.
-Writes the Parquet manifest (``neco.crop_manifest``) atomically.
+Writes the Parquet manifest (``neco.method.manifest``) atomically.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neco.crop_manifest import build_manifest, write_manifest
-from neco.crops import CropConfig
+from neco.config.method import CropConfig
+from neco.method.manifest import build_manifest, write_manifest
 
 PARAMS = ["seed", "data.train", "crops", "train.backbone", "train.epochs"]
 
@@ -54,7 +54,7 @@ def run(
 
 def _resolved(params: Path) -> tuple[int, CropConfig, dict[str, Any]]:
     from neco.config import TrainConfig, load_section, load_value
-    from neco.recipes import resolve_train_config  # the train stage's own resolution
+    from neco.models.recipes import resolve_train_config  # the train stage's own resolution
 
     seed = load_value(params, "seed", int)
     crops = load_section(params, "crops", CropConfig)

@@ -21,7 +21,6 @@ from typing import Optional
 from neco.config import RuntimeConfig, load_section
 from neco.data.registry import SOURCES, get_source
 
-
 PARAMS = ["datasets.{dataset}"]
 
 def main(argv: Optional[list[str]] = None) -> None:

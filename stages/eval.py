@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = getattr(ev, args.protocol)
 
     from neco.data.registry import get_dataset, open_dataset
-    from neco.eval_inputs import draw_figure, hbird_subsets
     from neco.evals import PROTOCOLS
-    from neco.feature_cache import load_features
+    from neco.evals.cache import load_features
+    from neco.evals.inputs import draw_figure, hbird_subsets
+    from neco.evals.models import eval_device, extractor_for, load_eval_backbone
     from neco.io import write_json
-    from neco.models import eval_device, extractor_for, load_eval_backbone
 
     spec = get_dataset(args.dataset)
     root = args.data / spec.source

@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     ev = load_section(args.params, "eval", EvalConfig)
     runtime = load_section(args.params, "runtime", RuntimeConfig)
 
+    from neco.config.evals import ImageStd
     from neco.data.registry import get_dataset, open_dataset
     from neco.evals import Autocast, extract_val_features
-    from neco.evals.transforms import ImageStd
-    from neco.feature_cache import save_features
-    from neco.models import eval_device, extractor_for, load_eval_backbone
+    from neco.evals.cache import save_features
+    from neco.evals.models import eval_device, extractor_for, load_eval_backbone
 
     spec = get_dataset(args.dataset)
     ds = open_dataset(args.dataset, args.data / spec.source, spec.val_split)

@@ -18,7 +18,6 @@ from pathlib import Path
 from neco.config import RuntimeConfig, load_section
 from neco.data.registry import SOURCES, get_source
 
-
 PARAMS = ["datasets.{dataset}"]
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from neco.config import load_section
-from neco.figures import plot_training_curve, read_training_curves
+from neco.config.sections import ReportConfig
 from neco.io import write_json, write_text
-from neco.paper import load_paper_results
-from neco.report import ReportConfig, ReportInputError, load_metrics_dir, rollup
-from neco.report_document import render_tables
+from neco.report.collect import ReportInputError, load_metrics_dir, rollup
+from neco.report.document import render_tables
+from neco.report.figures import plot_training_curve, read_training_curves
+from neco.report.paper import load_paper_results
 
 PARAMS = ["report"]
 LOSS_FIGURE = "training_loss.png"

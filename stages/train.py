@@ -30,7 +30,7 @@ def resolve_initial_weights(argv: list[str]) -> None:
     handler of ``neco.cli.run_stage`` (it imports ``neco.config`` to match exception types). So
     this runs first, reads the three keys it needs straight from the YAML (deviates from P3; the
     typed load in :func:`main` validates them again) and resolves the file with
-    ``neco.weights`` (imports only torch). Online, the download happens here, once, before
+    ``neco.models.fetch`` (imports only torch). Online, the download happens here, once, before
     Lightning starts any DDP rank. Nothing to do for a local file, ``random`` or a random-init
     backbone; anything malformed is left to :func:`main`, which names the key.
 
@@ -55,8 +55,8 @@ def resolve_initial_weights(argv: list[str]) -> None:
     name, cache = train.get("backbone"), train.get("weights_cache")
     if not isinstance(name, str) or not (cache is None or isinstance(cache, str)):
         return
-    from neco.backbone_specs import BACKBONES
-    from neco.weights import SourceKind, WeightsError, resolve_weights_file, weights_cache_dir
+    from neco.models.fetch import resolve_weights_file, weights_cache_dir
+    from neco.models.registry import BACKBONES, SourceKind, WeightsError
 
     if name not in BACKBONES or BACKBONES[name].weights.kind is SourceKind.RANDOM:
         return
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from neco.config import DataConfig, RuntimeConfig, TrainConfig, load_section, load_value
-    from neco.crops import CropConfig
+    from neco.config.method import CropConfig
 
     seed = load_value(args.params, "seed", int)
     data = load_section(args.params, "data", DataConfig)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--dataset {args.dataset!r} disagrees with data.train={data.train!r}")
 
     from neco.data.registry import get_dataset, open_images
-    from neco.train import run_training
+    from neco.train.run import run_training
 
     spec = get_dataset(args.dataset)
     if spec.unlabelled_split is None:

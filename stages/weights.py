@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from neco.config import RuntimeConfig, load_section, load_subset, load_value
-from neco.init_weights import WeightsParams, initial_weights_source
+from neco.models.init_weights import WeightsParams, initial_weights_source
 
 PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache"]
 
@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     runtime = load_section(args.params, "runtime", RuntimeConfig)
     source = initial_weights_source(params, progress=runtime.progress)  # fast offline failure
 
-    from neco.backbones import build_backbone
-    from neco.export import export_backbone
     from neco.io import write_json
+    from neco.models.export import export_backbone
+    from neco.models.vit import build_backbone
 
     backbone = build_backbone(params.backbone, weights=source, cache_dir=None, drop_path_rate=0.0,
                               pos_embed_interp="official", seed=seed)

@@ -2,7 +2,7 @@
 
 The key names here are written out by hand from the DINOv2 (``dinov2/models/
 vision_transformer.py``) and DINO (``vision_transformer.py``, ``DINOHead``) code bases, not
-derived from timm or from ``neco.key_maps``, so loading them tests the key maps.
+derived from timm or from ``neco.models.checkpoints``, so loading them tests the key maps.
 ``reference_vit_forward`` is a from-scratch functional ViT that reads those official names
 and reproduces DINOv2's ``prepare_tokens_with_masks`` / ``interpolate_pos_encoding``.
 """

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neco.backbone_specs import BACKBONES, get_spec
-from neco.backbones import Backbone, FrozenExtractor, build_backbone
-from neco.features import FeatureExtractor
-from neco.weights import WeightsError
+from neco.evals.extractor import FeatureExtractor
+from neco.models.registry import BACKBONES, WeightsError, get_spec
+from neco.models.vit import Backbone, FrozenExtractor, build_backbone
 
 torch.set_num_threads(1)
 

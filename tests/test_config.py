@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neco.config import ConfigError, EvalConfig, TrainConfig, load_section, load_value, validate_params
+from neco.config import ConfigError, EvalConfig, TrainConfig, load_section, load_value
+from neco.data.registry import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

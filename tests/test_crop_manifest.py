@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from neco.crop_manifest import (
+from neco.config.method import CropConfig
+from neco.method.crops import CropSamplingError, overlap_boxes
+from neco.method.manifest import (
     SCHEMA,
     ManifestError,
     ManifestIndex,
@@ -24,7 +26,6 @@ from neco.crop_manifest import (
     read_manifest,
     write_manifest,
 )
-from neco.crops import CropConfig, CropSamplingError, overlap_boxes
 
 CFG = CropConfig(
     num_global=2,

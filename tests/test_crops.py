@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from neco.crops import (
-    CropConfig,
+from neco.config.method import CropConfig
+from neco.method.crops import (
     CropSamplingError,
     crop_rng,
     fallback_crop,

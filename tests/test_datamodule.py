@@ -1,4 +1,4 @@
-"""Training data (``neco.data.datamodule``): samples, manifest checks, batches (method.md §3)."""
+"""Training data (``neco.train.datamodule``): samples, manifest checks, batches (method.md §3)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from neco.crop_manifest import ManifestIndex
-from neco.data.datamodule import MultiCropDataset, NeCoDataModule
-from neco.transforms import PhotometricParams, make_views
+from neco.method.augment import PhotometricParams, make_views
+from neco.method.manifest import ManifestIndex
+from neco.train.datamodule import MultiCropDataset, NeCoDataModule
 from tests.fixtures.tiny_training import TinySetup, build_tiny
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Tests for neco.download against a local HTTP server (datasets.md §8, §10)."""
+"""Tests for neco.download.fetch against a local HTTP server (datasets.md §8, §10)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from neco.data.archives import ArchiveConfig
-from neco.download import DownloadError, fetch, fetch_archives, marker_path
-from neco.http_transfer import FatalError, TransientError, classify_error
+from neco.download.archives import ArchiveConfig
+from neco.download.fetch import DownloadError, fetch, fetch_archives, marker_path
+from neco.download.transfer import FatalError, TransientError, classify_error
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401
 
 BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 B: several read chunks

@@ -1,4 +1,4 @@
-"""Tests for ``neco.ema``: schedules, EMA, param groups, trainable blocks (§4, §10, §11)."""
+"""Tests for ``neco.method.schedules``: schedules, EMA, param groups, trainable blocks (§4, §10, §11)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from neco.ema import (
-    apply_trainable_blocks,
-    cosine_schedule,
-    ema_update,
-    param_groups,
-    set_weight_decay,
-)
-from neco.heads import ProjectionHead
+from neco.method.heads import ProjectionHead
+from neco.method.optim import apply_trainable_blocks, param_groups, set_weight_decay
+from neco.method.schedules import cosine_schedule, ema_update
 
 torch.set_num_threads(1)
 

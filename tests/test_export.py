@@ -8,9 +8,10 @@ import re
 import pytest
 import torch
 
-from neco.backbones import build_backbone
-from neco.export import export_backbone, load_exported, main, read_export_metadata
-from neco.weights import WeightsError
+from neco.models.checkpoints import read_export_metadata
+from neco.models.export import export_backbone, load_exported, main
+from neco.models.registry import WeightsError
+from neco.models.vit import build_backbone
 
 torch.set_num_threads(1)
 

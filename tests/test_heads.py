@@ -1,4 +1,4 @@
-"""Tests for ``neco.heads.ProjectionHead`` (method.md §4)."""
+"""Tests for ``neco.method.heads.ProjectionHead`` (method.md §4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from neco.heads import ProjectionHead
+from neco.method.heads import ProjectionHead
 
 torch.set_num_threads(1)
 

@@ -13,12 +13,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from neco.config import EmaTiming, TeacherHeadInit
-from neco.crop_manifest import ManifestIndex, build_manifest
-from neco.data.datamodule import MultiCropDataset
-from neco.module import NeCoModule
-from neco.neco_loss import loss_from_maps
-from neco.recipes import resolve_train_config
-from neco.transforms import PhotometricParams
+from neco.method.augment import PhotometricParams
+from neco.method.loss import loss_from_maps
+from neco.method.manifest import ManifestIndex, build_manifest
+from neco.models.recipes import resolve_train_config
+from neco.train.datamodule import MultiCropDataset
+from neco.train.module import NeCoModule
 from tests.fixtures.tiny_training import TinySetup, build_tiny
 
 torch.set_num_threads(1)

@@ -1,8 +1,8 @@
-"""Tests for ``neco.neco_loss`` and ``neco.roi_pairs`` (method.md §3, §5-§9, §16 #5, #6).
+"""Tests for ``neco.method.loss`` and ``neco.method.roi`` (method.md §3, §5-§9, §16 #5, #6).
 
 The loss is compared against a slow, direct implementation of the spec formula built on the
 ``diffsort`` package (loop over pairs and query rows), in float64, for the loss and the student
-gradients; the loss itself runs the project's ``neco.sorting.soft_sort``.
+gradients; the loss itself runs the project's ``neco.method.sorting.soft_sort``.
 """
 
 from __future__ import annotations
@@ -13,17 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neco.neco_loss import (
-    LossConfig,
-    Similarity,
-    loss_from_maps,
-    neco_loss,
-    similarities,
-    validate_loss_config,
-)
-from neco.references import ReferenceQueue
-from neco.roi_pairs import align_pairs, pair_order
-from neco.sorting import SortDistribution, SortNetwork
+from neco.config.method import LossConfig, Similarity, SortDistribution
+from neco.method.loss import loss_from_maps, neco_loss, similarities, validate_loss_config
+from neco.method.references import ReferenceQueue
+from neco.method.roi import align_pairs, pair_order
+from neco.method.sorting import SortNetwork
 
 diffsort = pytest.importorskip("diffsort")  # test-only reference (stack.md §4)
 

@@ -1,4 +1,4 @@
-"""Tests for neco.paper: strict CSV parsing and the backbone/dataset -> paper-label mapping."""
+"""Tests for neco.report.paper: strict CSV parsing and the backbone/dataset -> paper-label mapping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from neco.paper import (
+from neco.report.paper import (
     PAPER_COLUMNS,
     PaperResultsError,
     load_paper_results,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neco.config import validate_params
+from neco.data.registry import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ from official_formats import (
     reference_vit_forward,
 )
 
-from neco.backbones import build_backbone
-from neco.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
+from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
+from neco.models.vit import build_backbone
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neco.backbone_specs import BACKBONES
-from neco.recipes import RECIPES, resolve_recipe
+from neco.models.recipes import RECIPES, resolve_recipe
+from neco.models.registry import BACKBONES
 
 COCO_TRAIN = 118_287
 
@@ -95,7 +95,7 @@ def test_resolve_recipe_rejects_bad_input() -> None:
 def test_resolve_train_config_reads_the_sections() -> None:
     from types import SimpleNamespace as NS
 
-    from neco.recipes import resolve_train_config
+    from neco.models.recipes import resolve_train_config
 
     loss = NS(queue=None, queue_length=4096, queue_push_per_image=None)
     train = NS(backbone="vit_tiny_demo", batch_size=None, lr_backbone=None, epochs=2, loss=loss)

@@ -1,11 +1,11 @@
-"""Tests for ``neco.references``: queue banks, push selection, in-batch references (§6)."""
+"""Tests for ``neco.method.references``: queue banks, push selection, in-batch references (§6)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from neco.references import ReferenceQueue, inbatch_references, select_push_tokens
+from neco.method.references import ReferenceQueue, inbatch_references, select_push_tokens
 
 torch.set_num_threads(1)
 

@@ -8,16 +8,11 @@ from typing import Any
 
 import pytest
 
-from neco.paper import load_paper_results
-from neco.report import (
-    ReportConfig,
-    ReportInputError,
-    collect,
-    load_metrics_dir,
-    rollup,
-)
-from neco.report_document import HEADER, render_tables
-from neco.report_settings import parse_paper_settings, setting_differences
+from neco.config.sections import ReportConfig
+from neco.report.collect import ReportInputError, collect, load_metrics_dir, rollup
+from neco.report.document import HEADER, render_tables
+from neco.report.paper import load_paper_results
+from neco.report.settings import parse_paper_settings, setting_differences
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CSV = REPO / "data" / "paper" / "paper_results.csv"

@@ -1,4 +1,4 @@
-"""neco.sorting vs the ``diffsort`` 0.2.0 package (method.md §8, §14.3(e), D3, D4).
+"""neco.method.sorting vs the ``diffsort`` 0.2.0 package (method.md §8, §14.3(e), D3, D4).
 
 Reference: ``diffsort.functional.sort`` on ``diffsort.networks.get_sorting_network`` (dense 0/1
 matmuls, run in full fp32 precision, TF32 off). Compared: sorted values, relaxed permutation P
@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from neco.sorting import DiffSort, SortDistribution, SortNetwork, soft_sort
-from neco.sorting_networks import build_network
+from neco.config.method import SortDistribution
+from neco.method.sorting import DiffSort, SortNetwork, soft_sort
+from neco.method.sorting_networks import build_network
 
 diffsort = pytest.importorskip("diffsort")
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import neco.data.datamodule as datamodule
-from neco.backbones import build_backbone
+import neco.train.datamodule as datamodule
 from neco.config import TrainConfig, load_section, load_value
-from neco.crops import CropConfig
-from neco.export import export_from_checkpoint
-from neco.train import run_training
+from neco.config.method import CropConfig
+from neco.models.export import export_from_checkpoint
+from neco.models.vit import build_backbone
+from neco.train.run import run_training
 from tests.fixtures.tiny_training import TinySetup, build_tiny, git_repo
 
 torch.set_num_threads(1)
@@ -177,7 +177,7 @@ def test_changed_config_does_not_resume_and_final_ckpt_is_final(
     assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
     final = torch.load(ckpt / "final.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == STEPS and final["epoch"] == 2
-    # final.ckpt's student is the exported student (neco.export's reader of our checkpoints)
+    # final.ckpt's student is the exported student (neco.models.export's reader of our checkpoints)
     exported = tiny.root / "changed" / "x.safetensors"
     export_from_checkpoint(ckpt / "final.ckpt", "vit_tiny_demo", exported,
                            prefix="student.backbone.", fmt="ours", pos_embed_interp=None)
@@ -187,7 +187,7 @@ def test_changed_config_does_not_resume_and_final_ckpt_is_final(
 def test_max_steps_run_is_complete_and_not_resumed(
     tiny: TinySetup, reference: dict[str, Any]
 ) -> None:
-    """Design (neco/train.py): max_steps is part of the fingerprint and a run it stops counts as
+    """Design (neco/train/run.py): max_steps is part of the fingerprint and a run it stops counts as
     complete, so a later full run starts from scratch (and still matches the reference)."""
     short = tiny.with_params("short", {"train.max_steps": 3})
     summary = run(tiny, "short", short)

@@ -4,7 +4,7 @@
   official URL and the ``train.weights`` override;
 * a local file in the official DINOv2 hub format: the stage loads it strictly and trains on the
   tiny demo data (42-px globals, 28-px locals: 3x3 and 2x2 tokens at patch 14);
-* ``python -m neco.export --ckpt final.ckpt`` gives the features of the exported student.
+* ``python -m neco.models.export --ckpt final.ckpt`` gives the features of the exported student.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_formats import official_vit_state_dict
 from safetensors.torch import load_file
 
-from neco.backbones import FrozenExtractor
-from neco.export import load_exported, read_export_metadata
-from neco.weights import host_resolves
-from official_formats import official_vit_state_dict
+from neco.models.checkpoints import read_export_metadata
+from neco.models.export import load_exported
+from neco.models.fetch import host_resolves
+from neco.models.vit import FrozenExtractor
 from stages import train as train_stage
 from tests.fixtures.tiny_training import TinySetup, build_tiny, git_repo
 
@@ -151,7 +152,7 @@ def test_local_official_weights_train(
 def test_export_cli_round_trip(trained: Path) -> None:
     out = trained / "exported.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "neco.export", "--ckpt", str(trained / "ckpt" / "final.ckpt"),
+        [sys.executable, "-m", "neco.models.export", "--ckpt", str(trained / "ckpt" / "final.ckpt"),
          "--backbone", "dinov2_vitb14", "--out", str(out), "--pos-embed-interp", "official"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
         timeout=300,

@@ -1,4 +1,4 @@
-"""Multi-crop views and photometric augmentation (``neco.transforms``; method.md §2)."""
+"""Multi-crop views and photometric augmentation (``neco.method.augment``; method.md §2)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from neco.crop_manifest import ManifestIndex, build_manifest
-from neco.crops import CropConfig
-from neco.transforms import (
+from neco.config.method import CropConfig
+from neco.method.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PhotometricParams,
@@ -19,6 +18,7 @@ from neco.transforms import (
     make_views,
     to_normalised_tensor,
 )
+from neco.method.manifest import ManifestIndex, build_manifest
 
 torch.set_num_threads(1)
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 from official_formats import dino_head, dino_vits16, dinov2_vits14
 
-from neco import weights as W
-from neco.backbone_specs import BACKBONES
-from neco.backbones import build_backbone, load_neco_checkpoint, load_weights_file
-from neco.key_maps import KEY_MAPS
-from neco.weights import SourceKind, WeightsError, resolve_weights_file, url_source
+from neco.io import sha256_file
+from neco.models import fetch as W
+from neco.models.checkpoints import KEY_MAPS
+from neco.models.fetch import resolve_weights_file
+from neco.models.registry import BACKBONES, SourceKind, WeightsError, WeightSource, url_source
+from neco.models.vit import build_backbone, load_neco_checkpoint, load_weights_file
 
 torch.set_num_threads(1)
 
@@ -119,8 +120,8 @@ def test_build_backbone_offline_fails_fast_end_to_end(tmp_path, monkeypatch) -> 
 
 
 def test_download_helper_does_not_retry_name_resolution(tmp_path, monkeypatch) -> None:
-    """Even past the DNS pre-check, neco.download.fetch must fail fast on a dead host."""
-    pytest.importorskip("neco.download")
+    """Even past the DNS pre-check, neco.download.fetch.fetch must fail fast on a dead host."""
+    pytest.importorskip("neco.download.fetch")
     monkeypatch.setattr(W, "host_resolves", lambda host, timeout_s: True)
     src = url_source("https://weights.nonexistent.invalid/x.pth", note="test")
     t0 = time.perf_counter()
@@ -139,9 +140,9 @@ def test_registry_url_download_failure_is_wrapped(tmp_path, monkeypatch) -> None
         assert kw["retries"] >= 0 and kw["timeout_s"] > 0 and "backoff_s" in kw
         raise FakeDownloadError("connection refused")
 
-    fake = types.ModuleType("neco.download")
+    fake = types.ModuleType("neco.download.fetch")
     fake.fetch, fake.DownloadError = fake_fetch, FakeDownloadError  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "neco.download", fake)
+    monkeypatch.setitem(sys.modules, "neco.download.fetch", fake)
     monkeypatch.setattr(W, "host_resolves", lambda host, timeout_s: True)
     with pytest.raises(WeightsError) as info:
         _build("dinov2_vits14", None, cache_dir=tmp_path)
@@ -154,8 +155,8 @@ def test_cached_file_is_used_without_network(tmp_path, v2_plain, monkeypatch) ->
     _save(v2_plain, tmp_path / "dinov2_vits14_pretrain.pth")
     bb = _build("dinov2_vits14", None, cache_dir=tmp_path)
     _assert_loaded(bb, v2_plain, skip=("mask_token",))
-    assert bb.load_report["sha256"] == W.sha256_file(tmp_path / "dinov2_vits14_pretrain.pth")
-    bad = W.WeightSource(
+    assert bb.load_report["sha256"] == sha256_file(tmp_path / "dinov2_vits14_pretrain.pth")
+    bad = WeightSource(
         SourceKind.URL,
         ("https://x.invalid/dinov2_vits14_pretrain.pth",),
         "dinov2_vits14_pretrain.pth",
@@ -192,7 +193,7 @@ def test_dinov2_reg_converts_to_timm_register_layout(tmp_path, v2_reg) -> None:
 
 
 def test_xr_drops_exactly_register_tokens_and_logs(tmp_path, v2_reg, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="neco.key_maps"):
+    with caplog.at_level(logging.INFO, logger="neco.models.checkpoints"):
         bb = _build("dinov2_vits14_xr", _save(v2_reg, tmp_path / "w.pth"))
     assert sorted(bb.load_report["dropped"]) == ["mask_token", "register_tokens"]
     assert any(

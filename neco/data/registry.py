@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neco.config.validate import validate_params as _validate_params
 from neco.data.class_names import ADE20K_CLASS_NAMES, VOC_CLASS_NAMES
 from neco.data.meta import read_meta
 from neco.data.reader import ImageDataset, SegmentationDataset
@@ -134,19 +135,19 @@ class DatasetSpec:
 SOURCES: dict[str, SourceSpec] = {
     s.name: s
     for s in (
-        SourceSpec("synthetic", "neco.data.prepare_synthetic:SyntheticSourceConfig",
-                   "neco.data.prepare_synthetic:fetch_synthetic",
-                   "neco.data.prepare_synthetic:prepare_synthetic"),
-        SourceSpec("voc", "neco.data.prepare_voc:VocConfig", "neco.data.prepare_voc:fetch_voc",
-                   "neco.data.prepare_voc:prepare_voc"),
-        SourceSpec("ade20k", "neco.data.prepare_ade20k:Ade20kConfig",
-                   "neco.data.prepare_ade20k:fetch_ade20k",
-                   "neco.data.prepare_ade20k:prepare_ade20k"),
-        SourceSpec("coco", "neco.data.prepare_coco:CocoConfig",
-                   "neco.data.prepare_coco:fetch_coco", "neco.data.prepare_coco:prepare_coco"),
-        SourceSpec("in100", "neco.data.prepare_in100:In100Config",
-                   "neco.data.prepare_in100:fetch_in100",
-                   "neco.data.prepare_in100:prepare_in100"),
+        SourceSpec("synthetic", "neco.data.sources.synthetic:SyntheticSourceConfig",
+                   "neco.data.sources.synthetic:fetch_synthetic",
+                   "neco.data.sources.synthetic:prepare_synthetic"),
+        SourceSpec("voc", "neco.data.sources.voc:VocConfig", "neco.data.sources.voc:fetch_voc",
+                   "neco.data.sources.voc:prepare_voc"),
+        SourceSpec("ade20k", "neco.data.sources.ade20k:Ade20kConfig",
+                   "neco.data.sources.ade20k:fetch_ade20k",
+                   "neco.data.sources.ade20k:prepare_ade20k"),
+        SourceSpec("coco", "neco.data.sources.coco:CocoConfig",
+                   "neco.data.sources.coco:fetch_coco", "neco.data.sources.coco:prepare_coco"),
+        SourceSpec("in100", "neco.data.sources.in100:In100Config",
+                   "neco.data.sources.in100:fetch_in100",
+                   "neco.data.sources.in100:prepare_in100"),
     )
 }
 
@@ -210,7 +211,7 @@ def fetch_dataset(cfg: Any, raw_dir: Path, *, progress: bool) -> None:
     """Generic fetch for a new source: every archive of ``cfg.archives`` into ``raw_dir``.
 
     ``cfg`` needs ``archives`` (dict of ``ArchiveConfig``), ``cache_dir`` and ``download``
-    (``neco.download.DownloadConfig``), as every real source's config has. Sources with extra
+    (``neco.download.fetch.DownloadConfig``), as every real source's config has. Sources with extra
     downloads (Hummingbird file sets) or rules (ImageNet needs ``local_path``) have their own.
     """
     from neco.data.source_archives import fetch_sources
@@ -267,3 +268,8 @@ def open_images(name: str, prepared_root: Path, split: str) -> ImageDataset:
     return ImageDataset(Path(prepared_root), split,
                         image_dir=f"{spec.images_dir}/{subdir}".lstrip("/"),
                         image_ext=spec.image_ext)
+
+
+def validate_params(params_path: Path | str) -> dict[str, Any]:
+    """Validate a whole params file against the section schemas and this registry's sources."""
+    return _validate_params(params_path, {name: s.config_cls for name, s in SOURCES.items()})

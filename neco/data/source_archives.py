@@ -1,7 +1,7 @@
 """Fetch, locate and extract a source's archives for the download and prepare stages (§8).
 
 The download stage writes each verified archive to ``<raw_dir>/<filename>`` (with a
-``.verified`` marker, ``neco.download``). The prepare stage extracts them into
+``.verified`` marker, ``neco.download.fetch``). The prepare stage extracts them into
 ``.<out>.extract/`` next to the prepared tree (never into the tree itself; same convention as
 ``prepare_coco``) and removes that folder after success.
 """
@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from neco.data.archives import ArchiveConfig
 from neco.data.hbird_sets import HbirdSetsConfig
-from neco.download import DownloadConfig, fetch_archives, read_marker
+from neco.download.archives import ArchiveConfig
+from neco.download.fetch import DownloadConfig, fetch_archives, read_marker
 
 
 def fetch_sources(
@@ -28,7 +28,7 @@ def fetch_sources(
     progress: bool,
     param_prefix: str,
 ) -> dict[str, Path]:
-    """Fetch and verify ``archives`` into ``raw_dir`` (``neco.download.fetch_archives``)."""
+    """Fetch and verify ``archives`` into ``raw_dir`` (``neco.download.fetch.fetch_archives``)."""
     return fetch_archives(
         archives, Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir else None,
         progress=progress, retries=download.retries, timeout_s=download.timeout_s,
@@ -59,14 +59,14 @@ def extract_sources(
 
     The extraction folder sits next to the prepared tree ``near`` (never inside it). It is
     kept when the block fails, so a retry skips finished extractions (marker-based no-op,
-    ``neco.data.extract``), and removed when the block succeeds.
+    ``neco.download.extract``), and removed when the block succeeds.
 
     Args:
         archives: archive key -> config.
         raw_dir: the download stage's output.
         near: the prepared tree.
     """
-    from neco.data.extract import extract_archive
+    from neco.download.extract import extract_archive
 
     near = Path(near)
     paths = {k: archive_path(a, raw_dir) for k, a in archives.items()}

@@ -1,55 +1,12 @@
-"""Dense evaluation protocols (evaluation.md): linear probe, clustering, Hummingbird.
+"""Dense evaluation (evaluation.md): feature extraction and the three protocols.
 
-``PROTOCOLS`` maps a protocol name (the ``eval.<name>`` params section and the metrics directory)
-to its run function and its config dataclass. Every protocol is a pure function over a feature
-extractor (or cached features) and datasets that returns a typed result with ``to_dict()``.
-Importing this package does not import faiss.
+``extractor.py`` is the feature-extractor contract (images to final-norm patch tokens);
+``extract.py`` runs it over a dataset deterministically; ``models.py`` loads the ``init`` and
+``neco`` backbones under evaluation and ``cache.py`` stores val tokens shared by protocols;
+``transforms.py`` and ``metrics.py`` hold the reference image/mask ops and the dataset-level
+confusion, Hungarian and many-to-one scoring; ``linear.py`` (linear probe), ``overcluster.py``
+(k-means overclustering) and ``hbird.py`` with ``hbird_memory.py``, ``hbird_query.py`` and
+``knn.py`` (Hummingbird retrieval) are the protocols, each a pure function returning a typed
+result from ``results.py``; ``protocols.py`` is their registry and ``inputs.py`` their stage-side
+inputs. Imports ``neco.config``, ``neco.io``, ``neco.data`` and ``neco.models``.
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-from neco.evals.extract import Autocast, extract_val_features
-from neco.evals.hbird import HbirdConfig, hummingbird
-from neco.evals.linear import LinearConfig, linear_probe
-from neco.evals.metrics import MetricConfig
-from neco.evals.overcluster import ClusterConfig, cluster_eval
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A registered protocol.
-
-    Attributes:
-        run: the protocol function (see its docstring for the call signature).
-        config: its frozen config dataclass (types only; values from ``params.yaml``).
-        uses_extractor: whether ``run`` needs a live extractor (False: cached features only).
-    """
-
-    run: Callable[..., Any]
-    config: type
-    uses_extractor: bool
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "linear": Protocol(linear_probe, LinearConfig, True),
-    "overcluster": Protocol(cluster_eval, ClusterConfig, False),
-    "hbird": Protocol(hummingbird, HbirdConfig, True),
-}
-
-__all__ = [
-    "PROTOCOLS",
-    "Autocast",
-    "ClusterConfig",
-    "HbirdConfig",
-    "LinearConfig",
-    "MetricConfig",
-    "Protocol",
-    "cluster_eval",
-    "extract_val_features",
-    "hummingbird",
-    "linear_probe",
-]

@@ -3,14 +3,13 @@
 Every protocol maps dataset indices to transformed tensors with a picklable per-item callable
 (randomness comes from generators derived from the item key, never from worker state), batches
 them with an optional torch ``DataLoader`` (workers only change speed, never numbers), and feeds
-a :class:`~neco.features.FeatureExtractor`. :func:`extract_val_features` is the deterministic
+a :class:`~neco.evals.extractor.FeatureExtractor`. :func:`extract_val_features` is the deterministic
 val-split extraction whose output the pipeline's ``features`` stage caches.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,26 +18,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from neco.config.evals import Autocast, ImageStd, MaskResize
 from neco.data.types import SegDataset
+from neco.evals.extractor import FeatureExtractor
 from neco.evals.transforms import (
-    ImageStd,
-    MaskResize,
     as_tensor,
     pil_resize_image,
     pil_resize_mask,
     to_normalised,
     torch_resize_mask,
 )
-from neco.features import FeatureExtractor
 
 K = TypeVar("K")
-
-
-class Autocast(enum.Enum):
-    """Extractor precision: ``fp16_on_cuda`` (Hummingbird reference quirk) or ``none`` (fp32)."""
-
-    fp16_on_cuda = "fp16_on_cuda"
-    none = "none"
 
 
 class _KeyedDataset(Dataset[Any]):

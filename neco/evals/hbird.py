@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from neco.data.types import SegDataset
-from neco.evals.extract import Autocast, extract_val_features, load_masks
-from neco.evals.hbird_memory import (
-    LabelStorage,
+from neco.config.evals import (
+    HbirdConfig,
+    Matching,
+    MeanOver,
     MemoryIgnore,
-    Subsets,
-    build_memory,
-    memory_indices,
-    parse_fraction,
+    NnBackend,
 )
+from neco.data.types import SegDataset
+from neco.evals.extract import extract_val_features, load_masks
+from neco.evals.extractor import FeatureExtractor
+from neco.evals.hbird_memory import Subsets, build_memory, memory_indices, parse_fraction
 from neco.evals.hbird_query import QueryMask, score_queries, search_recall
-from neco.evals.knn import AnnConfig, NnBackend, build_index
-from neco.evals.metrics import Matching, MeanOver, MetricConfig, mean_class_ids, score_confusion
+from neco.evals.knn import build_index
+from neco.evals.metrics import mean_class_ids, score_confusion
 from neco.evals.results import (
     Example,
     HbirdFraction,
@@ -44,67 +44,9 @@ from neco.evals.results import (
     mean_std,
     settings_dict,
 )
-from neco.evals.transforms import ImageStd, JitterConfig, derived_generator, pil_resize_image
-from neco.features import FeatureExtractor
+from neco.evals.transforms import derived_generator, pil_resize_image
 
 Progress = Callable[[Mapping[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class HbirdConfig:
-    """Hummingbird settings (evaluation.md §4.5-§4.7, §7). Types only; values in ``params.yaml``.
-
-    Attributes:
-        input_size: S (504 for /14, 512 for /16).
-        memory_size: M key rows (10,240,000); null = store every patch.
-        augmentation_epochs: E (2).
-        k: neighbours (30).
-        temperature: softmax τ (0.02).
-        jitter: colour jitter b/c/s/h and p (0.1 each, p 0.5).
-        crop_scale: memory RandomResizedCrop scale ([0.5, 2.0]).
-        crop_ratio: memory RandomResizedCrop ratio ([0.75, 1.3333]).
-        image_std: correct (project) or reference_typo (0.255).
-        memory_ignore: to_class0 (reference) or drop.
-        matching: primary mIoU mapping, hungarian (reference) or identity; both are stored.
-        nn: exact (project) or faiss_ivf / faiss_hnsw (recall reported).
-        ann: approximate-search parameters.
-        recall_samples: query patches sampled for recall@k of approximate search (10,000).
-        autocast: fp16_on_cuda (reference) or none.
-        fractions: memory fractions, e.g. ["1/1", "1/8", "1/64", "1/128"].
-        subset_seeds: subset / run seeds ([42, 400, 783, 1293, 4019]).
-        full_repeats: runs at 1/1, using the first seeds (1).
-        batch_size: images per extractor forward and per query block.
-        query_chunk: query rows per search block.
-        key_chunk: key rows per block of the torch exact search.
-        label_storage: float32 soft labels or exact int16 pixel counts (same numbers).
-        n_examples: query images kept as figure examples (not serialised).
-        metric: shared metric quirks.
-    """
-
-    input_size: int
-    memory_size: int | None
-    augmentation_epochs: int
-    k: int
-    temperature: float
-    jitter: JitterConfig
-    crop_scale: list[float]
-    crop_ratio: list[float]
-    image_std: ImageStd
-    memory_ignore: MemoryIgnore
-    matching: Matching
-    nn: NnBackend
-    ann: AnnConfig
-    recall_samples: int
-    autocast: Autocast
-    fractions: list[str]
-    subset_seeds: list[int]
-    full_repeats: int
-    batch_size: int
-    query_chunk: int
-    key_chunk: int
-    label_storage: LabelStorage
-    n_examples: int
-    metric: MetricConfig
 
 
 def _validate(cfg: HbirdConfig, patch: int) -> None:

@@ -13,7 +13,6 @@ the reference's global-RNG stream.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from neco.config.evals import ImageStd, JitterConfig, LabelStorage, MemoryIgnore
 from neco.data.types import SegDataset
 from neco.evals.extract import check_sample, chunks, iterate_batches, run_extractor
+from neco.evals.extractor import FeatureExtractor
 from neco.evals.hbird_query import unit_rows
 from neco.evals.transforms import (
-    ImageStd,
-    JitterConfig,
     as_tensor,
     color_jitter,
     crop_resize_image,
@@ -37,27 +36,12 @@ from neco.evals.transforms import (
     random_resized_crop_params,
     to_normalised,
 )
-from neco.features import FeatureExtractor
 
 if TYPE_CHECKING:
-    from neco.evals.hbird import HbirdConfig
+    from neco.config.evals import HbirdConfig
 
 # fraction label -> {subset seed: memory ids} (the Hummingbird low-shot file sets)
 Subsets = Mapping[str, Mapping[int, Sequence[str]]]
-
-
-class MemoryIgnore(enum.Enum):
-    """Memory handling of ι pixels: ``to_class0`` (reference quirk) or ``drop``."""
-
-    to_class0 = "to_class0"
-    drop = "drop"
-
-
-class LabelStorage(enum.Enum):
-    """Memory label rows: ``float32`` soft labels or exact per-class pixel ``counts_int16``."""
-
-    float32 = "float32"
-    counts_int16 = "counts_int16"
 
 
 def parse_fraction(label: str) -> Fraction:

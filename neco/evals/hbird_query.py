@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neco.config.evals import MaskResize
 from neco.data.types import SegDataset
 from neco.evals.extract import check_sample
 from neco.evals.knn import KnnIndex, exact_topk_torch, recall_at_k
 from neco.evals.metrics import confusion_matrix
-from neco.evals.transforms import MaskResize, as_tensor, torch_resize_mask
+from neco.evals.transforms import as_tensor, torch_resize_mask
 
 
 @dataclass(frozen=True)

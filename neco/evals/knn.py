@@ -11,40 +11,13 @@ faiss is imported lazily, only when a faiss index is built.
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-
-class NnBackend(enum.Enum):
-    """Nearest-neighbour backend of Hummingbird (``hbird.nn``)."""
-
-    exact = "exact"
-    faiss_ivf = "faiss_ivf"
-    faiss_hnsw = "faiss_hnsw"
-
-
-@dataclass(frozen=True)
-class AnnConfig:
-    """Approximate-search parameters (project starting values, not reference).
-
-    Attributes:
-        ivf_nlist: IVF coarse cells (≈ 16,384 for 10M keys).
-        ivf_nprobe: IVF cells visited per query (64).
-        hnsw_m: HNSW graph degree (32).
-        hnsw_ef_construction: HNSW build beam (200).
-        hnsw_ef_search: HNSW search beam (128).
-    """
-
-    ivf_nlist: int
-    ivf_nprobe: int
-    hnsw_m: int
-    hnsw_ef_construction: int
-    hnsw_ef_search: int
+from neco.config.evals import AnnConfig, NnBackend
 
 
 class KnnIndex(Protocol):

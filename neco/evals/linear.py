@@ -13,7 +13,6 @@ Reference: NeCo ``experiments/linear_segmentation/linear_finetune.py`` (facts on
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,9 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neco.config.evals import (
+    Autocast,
+    ImageStd,
+    LinearConfig,
+    MaskResize,
+    Matching,
+    ModelSelection,
+    TrainShuffle,
+    UpsampleOrder,
+)
 from neco.data.types import SegDataset
 from neco.evals.extract import (
-    Autocast,
     ValMask,
     check_sample,
     chunks,
@@ -35,11 +43,10 @@ from neco.evals.extract import (
     load_masks,
     run_extractor,
 )
-from neco.evals.metrics import Matching, MetricConfig, confusion_matrix, score_confusion
+from neco.evals.extractor import FeatureExtractor
+from neco.evals.metrics import confusion_matrix, score_confusion
 from neco.evals.results import EpochRecord, Example, LinearResult, settings_dict
 from neco.evals.transforms import (
-    ImageStd,
-    MaskResize,
     as_tensor,
     derived_generator,
     flip_draw,
@@ -49,80 +56,8 @@ from neco.evals.transforms import (
     to_normalised,
     torch_resize_mask,
 )
-from neco.features import FeatureExtractor
 
 Progress = Callable[[Mapping[str, Any]], None]
-
-
-class ModelSelection(enum.Enum):
-    """Headline epoch: ``best_val`` (reference: best val mIoU) or ``last``."""
-
-    best_val = "best_val"
-    last = "last"
-
-
-class TrainShuffle(enum.Enum):
-    """Train order: ``shuffle`` (seeded per epoch) or ``reference`` (dataset order every epoch)."""
-
-    shuffle = "shuffle"
-    reference = "reference"
-
-
-class UpsampleOrder(enum.Enum):
-    """Bilinear upsampling of ``features`` before the 1×1 conv (reference) or ``logits`` after."""
-
-    features = "features"
-    logits = "logits"
-
-
-@dataclass(frozen=True)
-class LinearConfig:
-    """Linear probe settings (evaluation.md §2, §7). Types only; values live in ``params.yaml``.
-
-    Attributes:
-        input_size: network input side S (448).
-        mask_size: train label / loss resolution (100).
-        eval_mask_size: val label resolution (100; 448 = S-evaluation).
-        epochs: training epochs (25).
-        batch_size: images per step and per val batch (128).
-        lr: SGD learning rate (0.01).
-        momentum: SGD momentum (0.9).
-        weight_decay: SGD weight decay, also on the bias (1e-4).
-        step_size: StepLR period in epochs (20).
-        gamma: StepLR factor (0.1).
-        crop_scale: RandomResizedCrop area range ([0.8, 1.0]).
-        crop_ratio: RandomResizedCrop aspect range ([0.75, 1.3333]).
-        flip_p: horizontal flip probability (0.5).
-        model_selection: headline epoch (best_val).
-        train_shuffle: train order (project: shuffle; reference VOC/ADE: dataset order).
-        train_drop_last: drop the last incomplete train batch (reference VOC/COCO: true).
-        upsample_order: features (reference) or logits (cheaper, ≈ equal).
-        full_val: score every val image (project); false = reference ``drop_last`` truncation to
-            whole ``batch_size`` batches (VOC: 1,408 of 1,449).
-        n_examples: val images kept as figure examples (not serialised).
-        metric: shared metric quirks.
-    """
-
-    input_size: int
-    mask_size: int
-    eval_mask_size: int
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    step_size: int
-    gamma: float
-    crop_scale: list[float]
-    crop_ratio: list[float]
-    flip_p: float
-    model_selection: ModelSelection
-    train_shuffle: TrainShuffle
-    train_drop_last: bool
-    upsample_order: UpsampleOrder
-    full_val: bool
-    n_examples: int
-    metric: MetricConfig
 
 
 @dataclass(frozen=True)

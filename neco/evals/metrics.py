@@ -11,7 +11,6 @@ Reference semantics: NeCo ``experiments/utils.py:PredsmIoU`` and open-hummingbir
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,36 +18,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-
-class MeanOver(enum.Enum):
-    """Class set of the mIoU mean when the ignore label is itself an output class (ADE20K, ι = 0).
-
-    ``all_classes`` averages over all C classes (reference: 151 for ADE20K, IoU_0 ≡ 0);
-    ``without_ignored_class`` drops the ignored class (150). Identical when ι is not a class id.
-    """
-
-    all_classes = "all_classes"
-    without_ignored_class = "without_ignored_class"
-
-
-class Matching(enum.Enum):
-    """Rule mapping predicted ids (classes or clusters) to GT classes (evaluation.md §1.5, 2)."""
-
-    identity = "identity"
-    hungarian = "hungarian"
-    many_to_one_precision = "many_to_one_precision"
-    many_to_one_iou = "many_to_one_iou"
-
-
-@dataclass(frozen=True)
-class MetricConfig:
-    """Metric quirks shared by all protocols (evaluation.md §7).
-
-    Attributes:
-        ade20k_mean_over: class set of the primary mean when ι is a class id (ADE20K 151 | 150).
-    """
-
-    ade20k_mean_over: MeanOver
+from neco.config.evals import Matching, MeanOver
 
 
 @dataclass(frozen=True)

@@ -11,78 +11,24 @@ protocol never runs a backbone. faiss is imported lazily inside the functions th
 
 from __future__ import annotations
 
-import enum
 import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from neco.config.evals import ClusterConfig, KmeansBackend, MaskResize, Matching
 from neco.data.types import SegDataset
 from neco.evals.extract import ValMask, load_masks
-from neco.evals.metrics import (
-    Matching,
-    MetricConfig,
-    confusion_matrix,
-    mean_class_ids,
-    score_confusion,
-)
+from neco.evals.metrics import confusion_matrix, mean_class_ids, score_confusion
 from neco.evals.results import ClusterKResult, ClusterResult, Example, mean_std, settings_dict
-from neco.evals.transforms import MaskResize, pil_resize_image, torch_resize_mask
+from neco.evals.transforms import pil_resize_image, torch_resize_mask
 
 Progress = Callable[[Mapping[str, Any]], None]
 FAISS_MIN_POINTS_PER_CENTROID = 39  # faiss warns below 39·K training points
-
-
-class KmeansBackend(enum.Enum):
-    """k-means implementation; faiss-cpu is the reference (others give different numbers)."""
-
-    faiss = "faiss"
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Clustering settings (evaluation.md §3.4, §7). Types only; values live in ``params.yaml``.
-
-    Attributes:
-        input_size: network input side S of the cached val tokens (448).
-        mask_size: label resolution m (100).
-        pca_dim: PCA output dimensions (50); capped at min(pca_dim, D, N points).
-        pca_max_points_per_d: faiss PCA training subsample, points per input dim (1000 = faiss
-            default = reference; null = all points).
-        include_gt: run K = C (number of classes) with Hungarian matching.
-        ks: further K values (paper: 300, 500; project adds 100); K > C uses many-to-one.
-        seeds: k-means seeds (0-4); mean and std (ddof 1) are over them.
-        niter: k-means iterations (100).
-        nredo: k-means restarts, lowest objective kept (5).
-        max_points_per_centroid: faiss k-means training subsample per centroid (256 = faiss default
-            = reference; null = all points).
-        backend: k-means implementation (faiss).
-        full_val: score every val image (project); false = reference ``drop_last`` truncation.
-        drop_last_batch_size: batch size of that truncation (reference 32: VOC 1,440 of 1,449).
-        n_examples: val images kept as figure examples (not serialised).
-        metric: shared metric quirks.
-    """
-
-    input_size: int
-    mask_size: int
-    pca_dim: int
-    pca_max_points_per_d: int | None
-    include_gt: bool
-    ks: list[int]
-    seeds: list[int]
-    niter: int
-    nredo: int
-    max_points_per_centroid: int | None
-    backend: KmeansBackend
-    full_val: bool
-    drop_last_batch_size: int
-    n_examples: int
-    metric: MetricConfig
 
 
 def standardise(x: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:

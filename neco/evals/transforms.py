@@ -15,11 +15,9 @@ what torchvision returns from the global RNG.
 
 from __future__ import annotations
 
-import enum
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,43 +25,12 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from neco.crops import fallback_crop
-from neco.transforms import IMAGENET_MEAN, IMAGENET_STD
+from neco.config.evals import ImageStd, JitterConfig, MaskResize
+from neco.method.augment import IMAGENET_MEAN, IMAGENET_STD
+from neco.method.crops import fallback_crop
+
 # Hummingbird's std typo (0.255 for blue), present in every HB version (evaluation.md §1.3).
 HBIRD_TYPO_STD: tuple[float, float, float] = (0.229, 0.224, 0.255)
-
-
-class ImageStd(enum.Enum):
-    """Normalisation std: ``correct`` (0.225 blue) or Hummingbird's ``reference_typo`` (0.255)."""
-
-    correct = "correct"
-    reference_typo = "reference_typo"
-
-
-class MaskResize(enum.Enum):
-    """torch nearest variants for label maps."""
-
-    nearest = "nearest"
-    nearest_exact = "nearest-exact"
-
-
-@dataclass(frozen=True)
-class JitterConfig:
-    """Hummingbird colour jitter: four independent ``RandomApply(ColorJitter(x), p)``.
-
-    Attributes:
-        brightness: jitter strength, factor ~ U[1 − b, 1 + b] (reference 0.1).
-        contrast: factor ~ U[1 − c, 1 + c] (reference 0.1).
-        saturation: factor ~ U[1 − s, 1 + s] (reference 0.1).
-        hue: shift ~ U[−h, h] (reference 0.1; HB-1.1 0.5).
-        p: probability of applying each of the four (reference 0.5).
-    """
-
-    brightness: float
-    contrast: float
-    saturation: float
-    hue: float
-    p: float
 
 
 def std_values(image_std: ImageStd) -> tuple[float, float, float]:

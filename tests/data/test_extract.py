@@ -1,4 +1,4 @@
-"""Tests for neco.data.extract: safety, idempotence, nested zips, selective inner tars."""
+"""Tests for neco.download.extract: safety, idempotence, nested zips, selective inner tars."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from neco.data.extract import (
+from neco.download.extract import (
     MARKER,
     ExtractError,
     archive_checksum,

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.data.archives import ArchiveConfig
 from neco.data.class_names import ADE20K_CLASS_NAMES
-from neco.data.extract import extract_archive
 from neco.data.hbird_sets import HbirdSetsConfig
 from neco.data.label_png import encode_label_png
-from neco.data.prepare_ade20k import (
+from neco.data.registry import open_dataset
+from neco.data.sources.ade20k import (
     Ade20kConfig,
     check_object_info,
     fetch_ade20k,
     prepare_ade20k,
     prepare_ade20k_tree,
 )
-from neco.data.registry import open_dataset
-from neco.download import DownloadConfig
+from neco.download.archives import ArchiveConfig
+from neco.download.extract import extract_archive
+from neco.download.fetch import DownloadConfig
 from tests.fixtures import voc_ade as fx
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 

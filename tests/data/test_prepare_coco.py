@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.data import coco_categories as cc
-from neco.data.archives import ArchiveConfig
-from neco.data.prepare_coco import (
+from neco.data.sources import coco_categories as cc
+from neco.data.sources.coco import (
     CocoConfig,
     ConvertTrain,
     LinearSubsetConfig,
@@ -24,7 +23,8 @@ from neco.data.prepare_coco import (
     linear_subset_name,
     prepare_coco,
 )
-from neco.download import DownloadConfig, fetch_archives
+from neco.download.archives import ArchiveConfig
+from neco.download.fetch import DownloadConfig, fetch_archives
 from tests.fixtures.coco_in100 import (
     EXPECTED_STUFF,
     EXPECTED_THINGS,

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neco.data.archives import ArchiveConfig
-from neco.data.extract import ExtractError
-from neco.data.prepare_in100 import (
+from neco.data.sources.in100 import (
     In100Config,
     fetch_in100,
     prepare_in100,
     read_class_list,
     vendored_class_list,
 )
-from neco.download import DownloadConfig, DownloadError
+from neco.download.archives import ArchiveConfig
+from neco.download.extract import ExtractError
+from neco.download.fetch import DownloadConfig, DownloadError
 from tests.fixtures.coco_in100 import (
     IN100_UNLISTED,
     IN100_WNIDS,

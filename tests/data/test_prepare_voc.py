@@ -17,9 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.data.archives import ArchiveConfig
 from neco.data.class_names import VOC_CLASS_NAMES
-from neco.data.extract import extract_archive
 from neco.data.hbird_sets import (
     HBIRD_COMMIT,
     HBIRD_MD5,
@@ -29,7 +27,8 @@ from neco.data.hbird_sets import (
     install_hbird_sets,
 )
 from neco.data.meta import md5_bytes
-from neco.data.prepare_voc import (
+from neco.data.registry import open_dataset
+from neco.data.sources.voc import (
     TrainaugMasks,
     VocConfig,
     fetch_voc,
@@ -37,8 +36,9 @@ from neco.data.prepare_voc import (
     prepare_voc,
     prepare_voc_tree,
 )
-from neco.data.registry import open_dataset
-from neco.download import DownloadConfig
+from neco.download.archives import ArchiveConfig
+from neco.download.extract import extract_archive
+from neco.download.fetch import DownloadConfig
 from tests.fixtures import voc_ade as fx
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 

@@ -15,7 +15,6 @@ from PIL import Image
 from neco.config import load_section
 from neco.data.hbird_sets import expected_files
 from neco.data.meta import write_split
-from neco.data.prepare_voc import TrainaugMasks, VocConfig
 from neco.data.registry import (
     DATASETS,
     SOURCES,
@@ -26,7 +25,8 @@ from neco.data.registry import (
     open_images,
     resolve,
 )
-from neco.download import DownloadConfig
+from neco.data.sources.voc import TrainaugMasks, VocConfig
+from neco.download.fetch import DownloadConfig
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 
 # The params blocks proposed for params.yaml (CPU demo values; real datasets as in the paper).
@@ -279,7 +279,7 @@ def test_open_images_in100_layout(tmp_path: Path) -> None:
 
 
 def test_generic_fetch_dataset(http_server: LocalServer, tmp_path: Path) -> None:
-    from neco.data.archives import ArchiveConfig
+    from neco.download.archives import ArchiveConfig
 
     url = http_server.add("/x.zip", b"payload")
     cfg = types.SimpleNamespace(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.data.synthetic import (
+from neco.data.sources.synthetic_images import (
     CLASS_NAMES,
     SyntheticConfig,
     encode_mask_png,
@@ -20,7 +20,7 @@ from neco.data.synthetic import (
     render,
     validate_config,
 )
-from neco.data.synthetic_shapes import (
+from neco.data.sources.synthetic_shapes import (
     Shape,
     Texture,
     boundary_band,

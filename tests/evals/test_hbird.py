@@ -11,11 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from neco.evals.extract import Autocast
-from neco.evals.hbird import HbirdConfig, hummingbird
-from neco.evals.hbird_memory import (
+from neco.config.evals import (
+    AnnConfig,
+    Autocast,
+    HbirdConfig,
+    ImageStd,
+    JitterConfig,
     LabelStorage,
+    Matching,
+    MeanOver,
     MemoryIgnore,
+    MetricConfig,
+    NnBackend,
+)
+from neco.evals.hbird import hummingbird
+from neco.evals.hbird_memory import (
     derived_subset,
     memory_indices,
     patch_histograms,
@@ -23,9 +33,6 @@ from neco.evals.hbird_memory import (
     select_patches,
 )
 from neco.evals.hbird_query import transfer_labels
-from neco.evals.knn import AnnConfig, NnBackend
-from neco.evals.metrics import Matching, MeanOver, MetricConfig
-from neco.evals.transforms import ImageStd, JitterConfig
 
 from .conftest import ColourExtractor, RandomExtractor, band_dataset, block_dataset
 

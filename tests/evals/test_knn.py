@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neco.evals.knn import (
-    AnnConfig,
-    NnBackend,
-    TorchExactIndex,
-    build_index,
-    exact_topk_torch,
-    recall_at_k,
-    strict_fp32,
-)
+from neco.config.evals import AnnConfig, NnBackend
+from neco.evals.knn import TorchExactIndex, build_index, exact_topk_torch, recall_at_k, strict_fp32
 
 ANN = AnnConfig(ivf_nlist=16, ivf_nprobe=16, hnsw_m=16, hnsw_ef_construction=80, hnsw_ef_search=64)
 

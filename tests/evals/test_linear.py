@@ -8,18 +8,19 @@ import json
 import pytest
 import torch
 
-from neco.evals.extract import Autocast, extract_val_features
-from neco.evals.linear import (
+from neco.config.evals import (
+    Autocast,
+    ImageStd,
     LinearConfig,
+    MeanOver,
+    MetricConfig,
     ModelSelection,
     TrainShuffle,
     UpsampleOrder,
-    head_logits,
-    init_head,
-    linear_probe,
 )
-from neco.evals.metrics import MeanOver, MetricConfig
-from neco.evals.transforms import ImageStd, derived_generator
+from neco.evals.extract import extract_val_features
+from neco.evals.linear import head_logits, init_head, linear_probe
+from neco.evals.transforms import derived_generator
 
 from .conftest import ColourExtractor, RandomExtractor, block_dataset
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from neco.config.evals import Matching, MeanOver
 from neco.evals.metrics import (
-    Matching,
-    MeanOver,
     confusion_matrix,
     hungarian_mapping,
     iou_matrix,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from neco.evals.metrics import MeanOver, MetricConfig
-from neco.evals.overcluster import ClusterConfig, KmeansBackend, cluster_eval, k_values, standardise
+from neco.config.evals import ClusterConfig, KmeansBackend, MeanOver, MetricConfig
+from neco.evals.overcluster import cluster_eval, k_values, standardise
 
 from .conftest import band_dataset
 

@@ -17,10 +17,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from neco.config.evals import ImageStd, JitterConfig, MaskResize
 from neco.evals.transforms import (
-    ImageStd,
-    JitterConfig,
-    MaskResize,
     color_jitter,
     crop_resize_image,
     crop_resize_mask,

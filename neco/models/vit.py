@@ -1,0 +1,340 @@
+"""Backbone registry: names -> timm ViT architecture + weight source + key map (method.md §4, §12).
+
+``build_backbone(name, ...)`` returns a :class:`Backbone`: a timm ``VisionTransformer`` whose
+forward returns the **patch tokens after the final LayerNorm** with CLS and register tokens
+dropped, ``(B, (H/p) * (W/p), D)`` row-major, at any input size that is a multiple of the
+patch (non-square included). Position embeddings are resampled with the configured rule
+(:mod:`neco.models.pos_embed`) for every input size, in training and evaluation alike.
+
+Weight sources (``weights`` argument / ``train.weights``): ``None`` = the registry's official
+source (downloaded into ``cache_dir`` once), ``"random"`` = seeded random init, a path = a local
+file: ``*.safetensors`` written by :mod:`neco.models.export`, anything else a file in the backbone's
+official format. Released NeCo Lightning checkpoints load through :func:`load_neco_checkpoint`
+(explicit student/teacher choice).
+
+Only ViT-S and ViT-B are registered (ViT-g needs SwiGLU; method.md §16 #15).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from neco.io import sha256_file
+from neco.models.checkpoints import (
+    KEY_MAPS,
+    load_checkpoint,
+    map_state_dict,
+    neco_release_key_map,
+    read_export_metadata,
+)
+from neco.models.fetch import resolve_weights_file
+from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
+from neco.models.registry import OVERRIDE_PARAM, BackboneSpec, SourceKind, WeightsError, get_spec
+
+_log = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """A timm ViT returning final-norm patch tokens, with configurable pos-embed resampling.
+
+    Attributes:
+        vit: the timm ``VisionTransformer`` (its ``state_dict`` has timm names).
+        spec: the registry entry.
+        patch_size: p.
+        embed_dim: D.
+        num_prefix_tokens: 1 + registers (CLS and register tokens, dropped from the output).
+        pos_embed_interp: resampling rule for non-native grids.
+    """
+
+    def __init__(
+        self, vit: VisionTransformer, spec: BackboneSpec, pos_embed_interp: PosEmbedInterp
+    ) -> None:
+        super().__init__()
+        self.vit: VisionTransformer = vit
+        self.spec = spec
+        self.patch_size = spec.patch_size
+        self.embed_dim = spec.embed_dim
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.pos_embed_interp = pos_embed_interp
+        grid = vit.patch_embed.grid_size
+        self.native_grid = (int(grid[0]), int(grid[1]))
+        self.load_report: dict[str, Any] = {"backbone": spec.name, "weights": "random"}
+
+    @property
+    def blocks(self) -> nn.Sequential:
+        """The transformer blocks (an indexable ``nn.Sequential``; for ``trainable_blocks``)."""
+        return self.vit.blocks
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid ``(H/p, W/p)``; raises if a side is not a multiple of the patch."""
+        p = self.patch_size
+        if height % p or width % p or height < p or width < p:
+            raise ValueError(
+                f"backbone {self.spec.name!r}: input size {height}x{width} px is not a positive "
+                f"multiple of the patch size {p}"
+            )
+        return height // p, width // p
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Position embeddings for a token grid.
+
+        Returns:
+            ``(cls_pos, patch_pos)``: ``(1, 1, D)`` for the class token (``None`` in timm's
+            ``no_embed_class`` register layout, where it is folded into ``cls_token``) and
+            ``(1, g0 * g1, D)`` for the patches.
+        """
+        pos = self.vit.pos_embed
+        if pos is None:
+            raise RuntimeError(f"{self.spec.name}: the timm model has no position embedding")
+        cls_pos: torch.Tensor | None = None
+        patch_pos: torch.Tensor = pos
+        if not self.vit.no_embed_class:
+            cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+        patch_pos = resample_patch_pos_embed(
+            patch_pos, native_grid=self.native_grid, grid=grid, mode=self.pos_embed_interp
+        )
+        return cls_pos, patch_pos
+
+    def forward_tokens(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
+        """All tokens after the final norm, ``(B, num_prefix_tokens + N, D)``.
+
+        Args:
+            x: normalised images ``(B, 3, H, W)``.
+            floor_to_patch: accept sides that are not multiples of p and drop the trailing
+                ``H mod p`` rows / ``W mod p`` columns of pixels, exactly as the official
+                strided patch convolution does (98-px local crops with p = 16: 6x6 tokens,
+                method.md §16 #14). ``False``: such inputs raise.
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"backbone input: expected (B, 3, H, W), got {tuple(x.shape)}")
+        p = self.patch_size
+        if floor_to_patch:
+            x = x[:, :, : x.shape[2] // p * p, : x.shape[3] // p * p]
+        grid = self.grid_size(int(x.shape[2]), int(x.shape[3]))
+        vit = self.vit
+        t = vit.patch_embed(x)  # (B, g0, g1, D): dynamic_img_size gives NHWC
+        t = t.reshape(t.shape[0], grid[0] * grid[1], t.shape[-1])
+        cls_pos, patch_pos = self.pos_embed_for(grid)
+        t = t + patch_pos.to(t.dtype)
+        if vit.cls_token is None:
+            raise RuntimeError(f"{self.spec.name}: the timm model has no class token")
+        cls: torch.Tensor = vit.cls_token
+        if cls_pos is not None:
+            cls = cls + cls_pos
+        prefix = [cls.expand(t.shape[0], -1, -1).to(t.dtype)]
+        if vit.reg_token is not None:
+            prefix.append(vit.reg_token.expand(t.shape[0], -1, -1).to(t.dtype))
+        t = torch.cat(prefix + [t], dim=1)
+        t = vit.pos_drop(t)
+        t = vit.patch_drop(t)
+        t = vit.norm_pre(t)
+        t = vit.blocks(t)
+        out: torch.Tensor = vit.norm(t)
+        return out
+
+    def forward(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
+        """Patch tokens ``(B, 3, H, W) -> (B, (H/p) * (W/p), D)``, final norm applied.
+
+        CLS and register tokens are dropped; ``floor_to_patch`` as in :meth:`forward_tokens`.
+        """
+        return self.forward_tokens(x, floor_to_patch=floor_to_patch)[:, self.num_prefix_tokens :]
+
+    def forward_grid(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
+        """Patch tokens as a map ``(B, 3, H, W) -> (B, D, H/p, W/p)`` (sides floored if asked)."""
+        p = self.patch_size
+        g0, g1 = (
+            (x.shape[2] // p, x.shape[3] // p)
+            if floor_to_patch
+            else self.grid_size(int(x.shape[2]), int(x.shape[3]))
+        )
+        tokens = self.forward(x, floor_to_patch=floor_to_patch)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], g0, g1)
+
+
+def create_vit(spec: BackboneSpec, *, drop_path_rate: float, seed: int) -> VisionTransformer:
+    """The timm architecture with random weights drawn from ``seed`` (global RNG untouched)."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vit = timm.create_model(
+            spec.timm_name,
+            pretrained=False,
+            num_classes=0,
+            img_size=spec.native_img_size,
+            dynamic_img_size=True,
+            drop_path_rate=drop_path_rate,
+            **dict(spec.timm_kwargs),
+        )
+    if not isinstance(vit, VisionTransformer):
+        raise RuntimeError(f"{spec.name}: timm built {type(vit).__name__}, not a VisionTransformer")
+    heads = int(getattr(vit.blocks[0].attn, "num_heads", -1))
+    got = (vit.patch_embed.patch_size[0], vit.embed_dim, len(vit.blocks), heads,
+           vit.num_prefix_tokens - 1)  # fmt: skip
+    want = (spec.patch_size, spec.embed_dim, spec.depth, spec.num_heads, spec.num_registers)
+    if got != want:
+        raise RuntimeError(
+            f"{spec.name}: timm built (p, D, depth, heads, regs)={got}, registry says {want}"
+        )
+    return vit
+
+
+def load_weights_file(
+    backbone: Backbone, path: Path, *, key_map: str | None = None, prefix: str | None = None
+) -> dict[str, Any]:
+    """Load a weight file into ``backbone`` strictly, through the right key map.
+
+    Args:
+        backbone: target.
+        path: ``*.safetensors`` (timm names, :mod:`neco.models.export`) or a file in the backbone's
+            official format (``spec.key_map``).
+        key_map: force a format from :data:`neco.models.checkpoints.KEY_MAPS`.
+        prefix: set to read a released NeCo Lightning checkpoint: the module whose keys are
+            loaded, ``"model."`` (student) or ``"teacher."``.
+
+    Returns:
+        A load report (file, sha256, key map, dropped keys) for logging and results.
+    """
+    path = Path(path)
+    spec = backbone.spec
+    base = KEY_MAPS[spec.key_map]
+    if prefix is not None:
+        if key_map is not None:
+            raise WeightsError(f"{path}: pass either key_map or prefix (NeCo release), not both")
+        base_arch = base if base.name.startswith("dinov2") else KEY_MAPS["dino"]
+        km = neco_release_key_map(base=base_arch, prefix=prefix)
+    elif key_map is not None:
+        if key_map not in KEY_MAPS:
+            raise WeightsError(f"key_map: unknown {key_map!r}; expected one of {sorted(KEY_MAPS)}")
+        km = KEY_MAPS[key_map]
+    elif path.suffix == ".safetensors":
+        km = KEY_MAPS["timm"]
+        _check_export_metadata(path, spec)
+    else:
+        km = base
+
+    obj = load_checkpoint(path, safe_globals=km.safe_globals)
+    expected = backbone.vit.state_dict()
+    sd, report = map_state_dict(obj, km, expected=expected, source=str(path))
+    backbone.vit.load_state_dict(sd, strict=True)
+    report.update(file=str(path), sha256=sha256_file(path), backbone=spec.name)
+    _log.info("loaded %s into %s with key map %s", path, spec.name, km.name)
+    return report
+
+
+def _check_export_metadata(path: Path, spec: BackboneSpec) -> None:
+
+    found = read_export_metadata(path).get("backbone")
+    if found is not None and found != spec.name:
+        raise WeightsError(f"{path}: exported for backbone {found!r}, not {spec.name!r}")
+
+
+def build_backbone(
+    name: str,
+    *,
+    weights: str | Path | None,
+    cache_dir: Path | None,
+    drop_path_rate: float,
+    pos_embed_interp: PosEmbedInterp | str,
+    seed: int,
+    progress: bool = False,
+) -> Backbone:
+    """Build a registered backbone.
+
+    Args:
+        name: registry key.
+        weights: ``None`` (official source, cached in ``cache_dir``), ``"random"`` (seeded
+            init) or a local file path (see the module docstring).
+        cache_dir: download cache (``train.weights_cache``); only needed for ``None``.
+        drop_path_rate: stochastic-depth rate of the last block, linear over depth (student
+            0.1, teacher and evaluation 0; method.md §4).
+        pos_embed_interp: ``official`` | ``hub_reg`` | ``timm`` (method.md §4, §16 #16).
+        seed: seed of the random initialisation (overwritten when weights are loaded).
+        progress: show a download progress bar.
+
+    Raises:
+        WeightsError: weights unavailable (offline: within seconds, naming the URL and
+            ``train.weights``) or not matching the architecture.
+    """
+    spec = get_spec(name)
+    mode = parse_pos_embed_interp(pos_embed_interp)
+    path: Path | None = None
+    if weights is None and spec.weights.kind is not SourceKind.RANDOM:
+        # resolve (and fail, offline) before spending time on the random init
+        path = resolve_weights_file(name, spec.weights, cache_dir=cache_dir, progress=progress)
+    elif weights is not None and not (isinstance(weights, str) and weights == "random"):
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{OVERRIDE_PARAM}: weight file {path} not found")
+    backbone = Backbone(create_vit(spec, drop_path_rate=drop_path_rate, seed=seed), spec, mode)
+    if path is None:
+        backbone.load_report = {"backbone": name, "weights": "random", "seed": seed}
+    else:
+        backbone.load_report = load_weights_file(backbone, path)
+    return backbone
+
+
+NECO_RELEASE_PREFIXES = {"student": "model.", "teacher": "teacher."}
+
+
+def load_neco_checkpoint(
+    path: Path, name: str, *, which: str, pos_embed_interp: PosEmbedInterp | str
+) -> Backbone:
+    """A backbone from a released NeCo Lightning ``.ckpt`` (HF ``FunAILab/NeCo``), strictly.
+
+    Args:
+        path: the ``*_model.ckpt`` / ``*_teacher.ckpt`` file.
+        name: registry key of its architecture (e.g. ``dinov2_vits14_xr``).
+        which: ``student`` (keys under ``model.``, evaluation.md §6) or ``teacher``
+            (``teacher.``). The layout is unverified; a mismatch lists the keys found.
+        pos_embed_interp: resampling rule it is evaluated with.
+    """
+    if which not in NECO_RELEASE_PREFIXES:
+        raise ValueError(
+            f"eval.checkpoint_key: invalid value {which!r}; "
+            f"expected one of {sorted(NECO_RELEASE_PREFIXES)}"
+        )
+    backbone = build_backbone(
+        name,
+        weights="random",
+        cache_dir=None,
+        drop_path_rate=0.0,
+        pos_embed_interp=pos_embed_interp,
+        seed=0,
+    )
+    backbone.load_report = load_weights_file(
+        backbone, Path(path), prefix=NECO_RELEASE_PREFIXES[which]
+    )
+    return backbone
+
+
+class FrozenExtractor:
+    """:class:`neco.evals.extractor.FeatureExtractor` over a backbone: eval mode, no grad, fp32.
+
+    Calling it maps normalised images ``(B, 3, S, S)`` to ``(B, (S/p)^2, D)`` float32 patch
+    tokens (evaluation.md §1.1) on the device the backbone lives on (move the backbone first).
+    The backbone is set to ``eval()`` and frozen, so drop-path is inactive, as the evaluation
+    contract requires. It runs in fp32 unless the caller enables autocast around the call (the
+    Hummingbird reference's fp16-on-CUDA quirk does; evaluation.md §7); outputs are float32.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.device = next(backbone.parameters()).device
+        self.patch_size = backbone.patch_size
+        self.embed_dim = backbone.embed_dim
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> ``(B, (S/p)^2, D)`` float32."""
+        self.backbone.eval()
+        with torch.no_grad():
+            out: torch.Tensor = self.backbone(images.to(self.device, torch.float32))
+        return out.float()

@@ -1,0 +1,156 @@
+"""NeCo training data: prepared images + crop manifest -> multi-crop batches.
+
+Each sample is ``(views, gc, all)``:
+
+* ``views``: list of C tensors ``(3, s_c, s_c)`` (2 global, then the local crops);
+* ``gc``: ``(A, C, 4)`` intersection of global crop g with view v in **g's** frame (pixels);
+* ``all``: ``(C, A, 4)`` the same intersection in **v's** frame (pixels),
+
+as in method.md §3. The trainer divides the boxes by the patch size (token units).
+
+The epoch selects the manifest rows, so augmentation geometry is read, not drawn. The sampler
+is a ``DistributedSampler`` in every case (one replica on a single device), shuffled with
+``seed`` and the epoch, and drops the last incomplete batch so that the schedule length equals
+the real number of optimiser steps (method.md §10).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from neco.method.augment import PhotometricParams, make_views
+from neco.method.manifest import ManifestIndex
+
+
+class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]):
+    """Images of one epoch, cut with the manifest's boxes and augmented.
+
+    Args:
+        images: a ``neco.data.reader.ImageDataset`` (``load(i) -> PIL.Image``, ``ids``).
+        manifest: the crop manifest index.
+        epoch: manifest epoch to read.
+        params: photometric strengths.
+        seed: photometric seed.
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        manifest: ManifestIndex,
+        *,
+        epoch: int,
+        params: PhotometricParams,
+        seed: int,
+    ) -> None:
+        if list(manifest.image_ids) != list(images.ids):
+            raise ValueError(
+                "crop manifest does not match the training split: "
+                f"{len(manifest.image_ids)} manifest ids vs {len(images.ids)} split ids; "
+                "rerun the crops stage (`dvc repro crops`)"
+            )
+        if not 0 <= epoch < manifest.num_epochs:
+            raise ValueError(
+                f"epoch {epoch} is outside the crop manifest ({manifest.num_epochs} epochs); "
+                "train.epochs and the manifest disagree — rerun the crops stage"
+            )
+        self.images = images
+        self.manifest = manifest
+        self.epoch = epoch
+        self.params = params
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        rects, sizes, gc, all_ = self.manifest.get(self.epoch, index)
+        img = self.images.load(index)
+        views = make_views(
+            img, rects, sizes, params=self.params, seed=self.seed, epoch=self.epoch, index=index
+        )
+        return views, torch.from_numpy(np.asarray(gc, np.float32)), torch.from_numpy(
+            np.asarray(all_, np.float32)
+        )
+
+
+class NeCoDataModule(pl.LightningDataModule):
+    """Serves one manifest epoch per Lightning epoch (dataloaders reload every epoch).
+
+    Args:
+        images: the unlabelled training images (``ImageDataset``).
+        manifest_path: the crops stage's Parquet manifest.
+        global_batch_size: images per optimiser step over all devices.
+        params: photometric strengths.
+        seed: sampler and photometric seed.
+        num_workers: DataLoader workers (results do not depend on it).
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        manifest_path: Path,
+        *,
+        global_batch_size: int,
+        params: PhotometricParams,
+        seed: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__()
+        self.images = images
+        self.manifest = ManifestIndex.from_path(manifest_path)
+        self.global_batch_size = global_batch_size
+        self.params = params
+        self.seed = seed
+        self.num_workers = num_workers
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        """Optimiser steps per epoch with ``drop_last`` (``num_samples // global batch``)."""
+        steps = len(self.images) // self.global_batch_size
+        if steps == 0:
+            raise ValueError(
+                f"train.batch_size={self.global_batch_size} exceeds the {len(self.images)} "
+                "training images: not a single full batch per epoch"
+            )
+        return steps
+
+    def per_device_batch(self, world_size: int) -> int:
+        if self.global_batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={self.global_batch_size} is not divisible by "
+                f"{world_size} devices"
+            )
+        return self.global_batch_size // world_size
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        trainer = self.trainer
+        epoch = trainer.current_epoch if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        ds = MultiCropDataset(
+            self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
+        )
+        sampler = DistributedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(
+            ds,
+            batch_size=self.per_device_batch(world),
+            sampler=sampler,
+            num_workers=self.num_workers,
+            drop_last=True,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def total_steps(num_images: int, global_batch_size: int, epochs: int) -> int:
+    """Scheduler length T = ``iters_per_epoch × epochs`` (method.md §10)."""
+    return max(1, (num_images // global_batch_size) * epochs) if global_batch_size else math.inf  # type: ignore[return-value]

@@ -1,0 +1,271 @@
+"""``NeCoModule``: wiring only (STYLE P7).
+
+Student = backbone (drop-path) + projection head, trained with AdamW; teacher = the same
+architecture (drop-path 0), frozen, updated by EMA. All math lives in pure functions:
+``neco.method.loss.loss_from_maps`` (ROI-Align, references, similarities, sorting, cross-entropy),
+``neco.method.schedules`` (EMA, cosine schedules, parameter groups, trainable blocks).
+
+Per step (method.md §5-§11), with t = optimiser step and T = total steps:
+
+1. schedules: lr_g(t) = final + (lr_g - final)·½(1 + cos πt/T) for every group, weight decay
+   0.04 → 0.5 and EMA momentum 0.9995 → 1 on the same cosine;
+2. EMA update before the optimiser step (official; ``train.ema_timing``);
+3. teacher forward of the global crops under ``no_grad`` (D2), student forward of all crops,
+   crops of equal size batched together;
+4. loss from maps and crop-overlap boxes (divided by the patch size: token units).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from neco.config import EmaTiming, TeacherHeadInit, TrainConfig
+from neco.config.method import LossConfig
+from neco.method.heads import ProjectionHead
+from neco.method.loss import loss_from_maps, validate_loss_config
+from neco.method.optim import apply_trainable_blocks, param_groups, set_weight_decay
+from neco.method.references import ReferenceQueue
+from neco.method.schedules import cosine_schedule, ema_update
+from neco.models.fetch import weights_cache_dir
+from neco.models.vit import Backbone, build_backbone
+
+
+def effective_loss_config(loss: LossConfig, resolved: dict[str, Any]) -> LossConfig:
+    """The loss settings with the recipe-resolved queue values filled in."""
+    return dataclasses.replace(
+        loss,
+        queue=bool(resolved["queue"]),
+        queue_length=int(resolved["queue_length"]),
+        queue_push_per_image=int(resolved["queue_push_per_image"]),
+    )
+
+
+class NeCoModule(pl.LightningModule):
+    """Teacher/student NeCo post-pretraining.
+
+    Args:
+        train: the ``train`` section.
+        resolved: recipe-resolved values (``neco.models.recipes.resolve_recipe(...)["values"]``).
+        seed: seed of the head initialisation and of the reference sampling.
+        devices: number of devices (the per-device batch is ``batch_size / devices``).
+        init_weights: the ``weights`` stage's initial backbone (exported safetensors); None =
+            resolve ``train.weights`` / the official source here.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: TrainConfig,
+        resolved: dict[str, Any],
+        seed: int,
+        devices: int,
+        init_weights: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = train
+        self.resolved = dict(resolved)
+        self.seed = seed
+        self.loss_cfg = effective_loss_config(train.loss, resolved)
+        validate_loss_config(self.loss_cfg, int(resolved["batch_size"]) // max(1, devices))
+
+        student = build_backbone(
+            train.backbone,
+            weights=init_weights if init_weights is not None else train.weights,
+            cache_dir=weights_cache_dir(train.weights_cache),
+            drop_path_rate=train.drop_path,
+            pos_embed_interp=train.pos_embed_interp,
+            seed=seed,
+        )
+        teacher = build_backbone(
+            train.backbone,
+            weights="random",
+            cache_dir=None,
+            drop_path_rate=0.0,
+            pos_embed_interp=train.pos_embed_interp,
+            seed=seed,
+        )
+        teacher.load_state_dict(student.state_dict())
+        self.trainable_blocks = apply_trainable_blocks(student.blocks, student, train.trainable_blocks)
+
+        dim = student.embed_dim
+        head = train.head
+        gen = torch.Generator().manual_seed(seed)
+        s_head = ProjectionHead(dim, head.hidden_dim, head.out_dim, head.n_layers, generator=gen)
+        t_head = ProjectionHead(dim, head.hidden_dim, head.out_dim, head.n_layers, generator=gen)
+        if train.teacher_head_init is TeacherHeadInit.COPY:
+            t_head.load_state_dict(s_head.state_dict())
+        self.student = nn.ModuleDict({"backbone": student, "head": s_head})
+        self.teacher = nn.ModuleDict({"backbone": teacher, "head": t_head})
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.queue = (
+            ReferenceQueue(
+                num_banks=len(self.loss_cfg.crops_for_assign),
+                queue_length=self.loss_cfg.queue_length,
+                dim=head.out_dim,
+            )
+            if self.loss_cfg.queue
+            else None
+        )
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.total_steps = 1
+        self.loss_history: list[float] = []
+        self._epoch_losses: list[float] = []
+        self.first_epoch_mean_loss: float | None = None
+        self.last_epoch_mean_loss: float | None = None
+
+    # ---- wiring helpers --------------------------------------------------------------------
+    @property
+    def student_backbone(self) -> Backbone:
+        return self.student["backbone"]  # type: ignore[return-value]
+
+    def set_total_steps(self, total: int) -> None:
+        """Length T of every schedule (``iters_per_epoch × epochs``)."""
+        self.total_steps = max(1, int(total))
+
+    def _maps(self, net: nn.ModuleDict, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Unit-norm head outputs as ``(B, d, h, w)`` maps, one per view; equal sizes batched."""
+        out: list[torch.Tensor | None] = [None] * len(views)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, v in enumerate(views):
+            by_size.setdefault(tuple(v.shape[-2:]), []).append(i)
+        patch = self.student_backbone.patch_size
+        for (h, w), idx in by_size.items():
+            x = torch.cat([views[i] for i in idx])
+            tokens = net["head"](net["backbone"](x, floor_to_patch=True)).float()  # (nB, h*w, d), unit norm
+            gh, gw = h // patch, w // patch  # 98 px at patch 16: 6x6 tokens (official)
+            maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)
+            for j, chunk in zip(idx, maps.chunk(len(idx))):
+                out[j] = chunk
+        return [m for m in out if m is not None]
+
+    def _schedules(self) -> dict[str, float]:
+        t, total = int(self.global_step), self.total_steps
+        t = min(t, total - 1)
+        return {
+            "momentum": cosine_schedule(self.cfg.momentum_start, self.cfg.momentum_end, t, total),
+            "weight_decay": cosine_schedule(self.cfg.weight_decay, self.cfg.weight_decay_end, t, total),
+            "lr_scale_t": float(t),
+        }
+
+    def _set_lr(self, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        t, total = min(int(self.global_step), self.total_steps - 1), self.total_steps
+        lrs = {}
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_schedule(group["initial_lr"], self.cfg.final_lr, t, total)
+            lrs[group["name"]] = group["lr"]
+        return lrs
+
+    # ---- Lightning hooks ---------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = param_groups(
+            self.student["backbone"],
+            self.student["head"],
+            weight_decay=self.cfg.weight_decay,
+            lr_backbone=float(self.resolved["lr_backbone"]),
+            lr_head=self.cfg.lr_heads,
+        )
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        return torch.optim.AdamW(groups)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, gc, all_boxes = batch
+        optimizer = self.optimizers()
+        opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        sched = self._schedules()
+        lrs = self._set_lr(opt)
+        set_weight_decay(opt, sched["weight_decay"])
+        if self.cfg.ema_timing is EmaTiming.BEFORE_STEP:
+            ema_update(self.teacher, self.student, sched["momentum"])
+
+        cfa = list(self.loss_cfg.crops_for_assign)
+        student_maps = self._maps(self.student, list(views))
+        if self.loss_cfg.use_teacher:
+            with torch.no_grad():
+                teacher_maps = self._maps(self.teacher, [views[g] for g in cfa])
+        else:
+            teacher_maps = [student_maps[g].detach() for g in cfa]
+        patch = float(self.student_backbone.patch_size)
+        loss, stats = loss_from_maps(
+            student_maps=student_maps,
+            teacher_maps=teacher_maps,
+            boxes_teacher=gc[:, cfa].float() / patch,
+            boxes_student=all_boxes[:, :, cfa].float() / patch,
+            cfg=self.loss_cfg,
+            queue=self.queue,
+            generator=self.generator,
+        )
+        self._momentum = sched["momentum"]
+        bs = views[0].shape[0]
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs,
+                 sync_dist=True)  # mean over DDP ranks
+        self.log("train/lr_backbone", lrs["backbone_decay"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("train/lr_heads", lrs["head_decay"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("train/weight_decay", sched["weight_decay"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log("train/momentum", sched["momentum"], on_step=True, on_epoch=False, batch_size=bs)
+        for key, value in stats.items():
+            if key != "loss" and torch.is_tensor(value) and value.numel() == 1:
+                self.log(f"train/{key}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bs)
+        value = float(loss.detach())
+        self.loss_history.append(value)
+        self._epoch_losses.append(value)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Official clipping: only the non-bias, non-1-D student parameters (method.md §11)."""
+        if self.cfg.grad_clip is None:
+            return
+        params = [
+            p
+            for n, p in self.student.named_parameters()
+            if p.grad is not None and not n.endswith(".bias") and p.ndim > 1
+        ]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.cfg.ema_timing is EmaTiming.AFTER_STEP:
+            ema_update(self.teacher, self.student, self._momentum)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reseed the global torch RNG (student drop-path) from ``(seed, step, rank)``.
+
+        Lightning checkpoints hold no RNG state, and Lightning itself draws from the global RNG
+        a different number of times in a resumed run (DataLoader iterators are created in
+        another order), so without this a resumed run draws other drop-path masks than the
+        uninterrupted one. ``torch.manual_seed`` also seeds every CUDA device.
+        """
+        torch.manual_seed(step_rng_seed(self.seed, int(self.global_step), int(self.global_rank)))
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_losses:
+            mean = sum(self._epoch_losses) / len(self._epoch_losses)
+            if self.first_epoch_mean_loss is None:
+                self.first_epoch_mean_loss = mean
+            self.last_epoch_mean_loss = mean
+            self.log("train/epoch_loss", mean, on_step=False, on_epoch=True, sync_dist=True)
+        self._epoch_losses = []
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["neco_generator_state"] = self.generator.get_state()
+        checkpoint["neco_loss_history"] = list(self.loss_history)
+        checkpoint["neco_epoch_mean_loss"] = [self.first_epoch_mean_loss, self.last_epoch_mean_loss]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "neco_generator_state" in checkpoint:
+            self.generator.set_state(checkpoint["neco_generator_state"].cpu())
+        self.loss_history = list(checkpoint.get("neco_loss_history", []))
+        first, last = checkpoint.get("neco_epoch_mean_loss", [None, None])
+        self.first_epoch_mean_loss, self.last_epoch_mean_loss = first, last
+
+
+def step_rng_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the global torch RNG for one optimiser step on one rank (drop-path masks)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
