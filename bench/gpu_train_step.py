@@ -32,10 +32,11 @@ from neco.method.sorting import SortNetwork
 from neco.models.vit import build_backbone
 
 
-def _maps(backbone: torch.nn.Module, head: torch.nn.Module, views: list[torch.Tensor], patch: int,
-          bf16: bool) -> list[torch.Tensor]:
+def _maps(backbone: torch.nn.Module, head: torch.nn.Module, views: list[torch.Tensor],
+          patch: int, bf16: bool) -> list[torch.Tensor]:
     out = []
-    for x in (torch.cat(views[:2]), torch.cat(views[2:])) if len(views) > 2 else (torch.cat(views),):
+    groups = (torch.cat(views[:2]), torch.cat(views[2:])) if len(views) > 2 else (torch.cat(views),)
+    for x in groups:
         with torch.autocast(views[0].device.type, dtype=torch.bfloat16, enabled=bf16):
             tokens = head(backbone(x, floor_to_patch=True)).float()
         side = x.shape[-1] // patch
@@ -57,7 +58,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu_train_step.json"))
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench.gpu_train_step needs a CUDA device (or --device cpu for a smoke run)")
+        raise SystemExit(
+            "bench.gpu_train_step needs a CUDA device (or --device cpu for a smoke run)"
+        )
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -73,12 +76,15 @@ def main() -> None:
     t_head = ProjectionHead(student.embed_dim, 2048, 256, 3, generator=gen).to(dev)
     for p in list(teacher.parameters()) + list(t_head.parameters()):
         p.requires_grad_(False)
-    cfg = LossConfig(roi_k=7, n_refs=49, similarity=Similarity.COSINE, sort_network=SortNetwork.BITONIC,
-                     sort_distribution=SortDistribution.CAUCHY, art_lambda=0.25, steepness_student=100.0,
+    cfg = LossConfig(roi_k=7, n_refs=49, similarity=Similarity.COSINE,
+                     sort_network=SortNetwork.BITONIC, sort_distribution=SortDistribution.CAUCHY,
+                     art_lambda=0.25, steepness_student=100.0,
                      steepness_teacher=100.0, log_eps=0.0, queue=True, queue_length=8192,
                      queue_push_per_image=10, crops_for_assign=[0, 1], use_teacher=True)
     queue = ReferenceQueue(num_banks=2, queue_length=8192, dim=256).to(dev)
-    opt = torch.optim.AdamW(param_groups(student, s_head, weight_decay=0.04, lr_backbone=1e-5, lr_head=1e-4))
+    opt = torch.optim.AdamW(
+        param_groups(student, s_head, weight_decay=0.04, lr_backbone=1e-5, lr_head=1e-4)
+    )
     patch = student.patch_size
     b, g, loc = args.batch, args.global_size, args.local_size
     sizes = [g, g, loc, loc, loc, loc]

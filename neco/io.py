@@ -16,18 +16,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning_utilities.core.rank_zero import rank_zero_only
 
-def global_rank() -> int:
-    """Global rank of this process (0 when not launched by a distributed launcher)."""
-    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 0
+# lightning_fabric.utilities.rank_zero._get_rank reads these, first one set wins.
+_RANK_ENV = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is the one that writes outputs."""
-    return global_rank() == 0
+    """Whether this process is the one that writes outputs (global rank 0).
+
+    Reads Lightning's shared rank-zero state, ``lightning_utilities``' ``rank_zero_only.rank``
+    (the same object as ``pytorch_lightning.utilities.rank_zero_only``): Lightning's strategies
+    set it to the global rank once launched, and ``lightning_fabric`` initialises it from the
+    launcher's environment when imported. Before that (Lightning not imported yet; importing
+    ``lightning_fabric`` here would pull in torch) the attribute is unset and the same
+    environment variables are read, in ``lightning_fabric.utilities.rank_zero._get_rank``'s
+    order.
+    """
+    rank = getattr(rank_zero_only, "rank", None)
+    if rank is None:
+        rank = next((int(os.environ[k]) for k in _RANK_ENV if k in os.environ), 0)
+    return int(rank) == 0
 
 
 @contextlib.contextmanager
@@ -73,10 +82,20 @@ def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes with ``hashlib`` algorithm ``algorithm`` (e.g. md5, sha1).
+
+    ``hashlib.file_digest`` on Python 3.11+, 1 MiB chunks on 3.10.
+    """
     with open(path, "rb") as fh:
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(fh, algorithm).hexdigest()
+        digest = hashlib.new(algorithm)
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file (``file_digest(path, "sha256")``)."""
+    return file_digest(path, "sha256")

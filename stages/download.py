@@ -4,11 +4,12 @@ Usage (paths come from ``dvc.yaml``)::
 
     python -m stages.download --params params.yaml --dataset coco --out data/raw/coco
 
-Reads ``datasets.<source>`` (declared) and ``runtime.progress`` (undeclared: cannot change
-results), then calls the source's fetch function from ``neco.data.registry``: real datasets
-download (or link a ``local_path``) and verify their archives; ``synthetic`` runs the
-generator. Offline, a download fails within seconds with a message that names each URL and the
-alternatives (mirror ``urls``, ``local_path``, ``cache_dir``).
+Reads ``datasets.<source>`` (declared), ``runtime.progress`` and ``runtime.download``
+(retries, timeout, backoff; undeclared: they cannot change any file), then calls the source's
+fetch function from ``neco.data.registry``: real datasets download (or link a ``local_path``)
+and verify their archives; ``synthetic`` runs the generator. Offline, a download fails within
+seconds with a message that names each URL and the alternatives (mirror ``urls``,
+``local_path``, ``cache_dir``).
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Optional
 
-from neco.config import RuntimeConfig, load_section
+from neco.config import DownloadConfig, load_section, load_value
 from neco.data.registry import SOURCES, get_source
 
 PARAMS = ["datasets.{dataset}"]
 
-def main(argv: Optional[list[str]] = None) -> None:
+
+def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the source's params block and run its fetch function."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, required=True, help="params.yaml")
@@ -34,9 +35,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     spec = get_source(args.dataset)
     cfg: object = load_section(args.params, f"datasets.{args.dataset}", spec.config_cls)
-    progress = load_section(args.params, "runtime", RuntimeConfig).progress
+    progress = load_value(args.params, "runtime.progress", bool)
+    download = load_section(args.params, "runtime.download", DownloadConfig)
     args.out.mkdir(parents=True, exist_ok=True)
-    spec.fetch_fn()(cfg, args.out, progress=progress)
+    spec.fetch_fn()(cfg, args.out, download=download, progress=progress)
 
 
 if __name__ == "__main__":

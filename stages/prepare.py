@@ -15,10 +15,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from neco.config import RuntimeConfig, load_section
+from neco.config import load_section, load_value
 from neco.data.registry import SOURCES, get_source
 
 PARAMS = ["datasets.{dataset}"]
+
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, load the dataset's params block and run its prepare function."""
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = get_source(args.dataset)
     cfg = load_section(args.params, f"datasets.{args.dataset}", spec.config_cls)
-    progress = load_section(args.params, "runtime", RuntimeConfig).progress
+    progress = load_value(args.params, "runtime.progress", bool)
     spec.prepare_fn()(cfg, args.raw, args.out, progress=progress)
 
 

@@ -14,41 +14,16 @@ eval stages wrote into ``--out-figures``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
-from typing import Any
 
-from neco.config import load_section
+from neco.config import load_section, load_value
 from neco.config.sections import ReportConfig
-from neco.io import write_json, write_text
-from neco.report.collect import ReportInputError, load_metrics_dir, rollup
-from neco.report.document import render_tables
-from neco.report.figures import plot_training_curve, read_training_curves
-from neco.report.paper import load_paper_results
 
-PARAMS = ["report"]
-LOSS_FIGURE = "training_loss.png"
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ReportInputError(f"{path}: invalid JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise ReportInputError(f"{path}: expected a JSON object ({what})")
-    return obj
-
-
-def _link(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(target, start)).as_posix()
+PARAMS = ["report", "eval.datasets"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--metrics-dir", type=Path, required=True)
     parser.add_argument("--train-summary", type=Path, required=True)
@@ -61,25 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = load_section(args.params, "report", ReportConfig)
-    entries = load_metrics_dir(args.metrics_dir)
-    summary = _read_json(args.train_summary, "training summary")
-    resolved = _read_json(args.resolved_config, "resolved training config")
-    paper_rows = load_paper_results(args.paper)
-    if not args.train_plots.is_dir():
-        raise FileNotFoundError(f"{args.train_plots}: dvclive plots directory not found")
+    datasets = load_value(args.params, "eval.datasets", dict)
 
-    loss_png = args.out_figures / LOSS_FIGURE
-    plot_training_curve(read_training_curves(args.train_plots), loss_png)
-    others = sorted(p for p in args.out_figures.glob("*.png") if p.name != LOSS_FIGURE)
-    start = args.out_tables.parent
-    metrics = rollup(entries, summary, train_source=str(args.train_summary))
-    write_json(args.out_metrics, metrics)
-    write_text(args.out_tables, render_tables(
-        entries, train_summary=summary, resolved_config=resolved, paper_rows=paper_rows,
-        cfg=cfg, loss_figure=_link(loss_png, start), figures=[_link(p, start) for p in others],
-    ))
-    print(f"[report] {len(entries)} eval file(s), {len(metrics)} roll-up leaves -> "
-          f"{args.out_metrics}, {args.out_tables}")
+    from neco.report.build import build_report
+
+    build_report(cfg, datasets=list(datasets), metrics_dir=args.metrics_dir,
+                 train_summary=args.train_summary, train_plots=args.train_plots,
+                 resolved_config=args.resolved_config, paper=args.paper,
+                 out_metrics=args.out_metrics, out_tables=args.out_tables,
+                 out_figures=args.out_figures)
 
 
 if __name__ == "__main__":

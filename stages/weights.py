@@ -13,7 +13,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from neco.config import RuntimeConfig, load_section, load_subset, load_value
+from neco.config import load_subset, load_value
 from neco.models.init_weights import WeightsParams, initial_weights_source
 
 PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache"]
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
 
     seed = load_value(args.params, "seed", int)
     params = load_subset(args.params, "train", WeightsParams)
-    runtime = load_section(args.params, "runtime", RuntimeConfig)
-    source = initial_weights_source(params, progress=runtime.progress)  # fast offline failure
+    progress = load_value(args.params, "runtime.progress", bool)
+    source = initial_weights_source(params, progress=progress)  # fast offline failure
 
     from neco.io import write_json
     from neco.models.export import export_backbone

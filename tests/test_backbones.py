@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from neco.evals.extractor import FeatureExtractor
 from neco.models.registry import BACKBONES, WeightsError, get_spec
-from neco.models.vit import Backbone, FrozenExtractor, build_backbone
+from neco.models.vit import (
+    Backbone,
+    FrozenExtractor,
+    NecoVisionTransformer,
+    build_backbone,
+    create_vit,
+)
 
 torch.set_num_threads(1)
 
@@ -52,24 +59,52 @@ def test_registry_has_every_required_name() -> None:
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_backbone_builds_and_returns_patch_tokens(name: str) -> None:
+    """Registry-wide (timm style): every entry builds from random init and gives (B, s*s, D)."""
     spec = BACKBONES[name]
     bb = _build(name).eval()
     p = spec.patch_size
     assert (bb.patch_size, bb.embed_dim, len(bb.blocks)) == (p, spec.embed_dim, spec.depth)
     assert bb.num_prefix_tokens == 1 + spec.num_registers
     assert bb.native_grid == (spec.native_img_size // p,) * 2
+    assert isinstance(bb.vit, VisionTransformer)
     n_params = sum(t.numel() for t in bb.parameters())
     assert n_params > {192: 1e6, 384: 21e6, 768: 85e6}[spec.embed_dim]
-    x = torch.randn(1, 3, 2 * p, 3 * p, generator=torch.Generator().manual_seed(0))
+    s = 2
+    x = torch.randn(2, 3, s * p, s * p, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = bb(x)
-        grid = bb.forward_grid(x)
-    assert out.shape == (1, 6, spec.embed_dim) and out.dtype == torch.float32
-    assert torch.isfinite(out).all()
-    assert torch.equal(grid, out.transpose(1, 2).reshape(1, spec.embed_dim, 2, 3))
+        rect = bb(x[:1, :, :, :p])  # non-square: 2 x 1 tokens
+    assert out.shape == (2, s * s, spec.embed_dim) and out.dtype == torch.float32
+    assert not torch.isnan(out).any() and torch.isfinite(out).all()
+    assert rect.shape == (1, 2, spec.embed_dim) and torch.isfinite(rect).all()
     if spec.embed_dim == 192:  # a few fast extra sizes on the demo model
         for h, w in ((48, 48), (112, 112), (112, 64)):
             assert bb(torch.randn(2, 3, h, w)).shape == (2, (h // 16) * (w // 16), 192)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_creates_timms_own_model(name: str) -> None:
+    """``create_vit`` = ``timm.create_model`` (same class up to the ``_pos_embed`` override,
+    same seeded weights, same keys), and the Backbone's keys are ``vit.`` + timm's."""
+    import timm
+
+    spec = BACKBONES[name]
+    ours = create_vit(spec, drop_path_rate=0.0, seed=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4)
+        plain = timm.create_model(
+            spec.timm_name, pretrained=False, num_classes=0, img_size=spec.native_img_size,
+            dynamic_img_size=True, **dict(spec.timm_kwargs),
+        )  # fmt: skip
+    assert type(plain) is VisionTransformer and isinstance(ours, NecoVisionTransformer)
+    assert ours.__class__.__mro__[1] is VisionTransformer
+    assert NecoVisionTransformer.forward_features is VisionTransformer.forward_features
+    assert repr(ours) == repr(plain).replace("VisionTransformer(", "NecoVisionTransformer(", 1)
+    sa, sb = ours.state_dict(), plain.state_dict()
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    bb = Backbone(ours, spec, "official")
+    assert list(bb.state_dict()) == [f"vit.{k}" for k in sb]
 
 
 def test_prefix_tokens_are_cls_and_registers() -> None:
@@ -79,6 +114,7 @@ def test_prefix_tokens_are_cls_and_registers() -> None:
         all_tokens = bb.forward_tokens(x)
         assert all_tokens.shape[1] == 5 + 6
         assert torch.equal(bb(x), all_tokens[:, 5:])
+        assert torch.equal(all_tokens, bb.vit.forward_features(x))  # timm's own path
         # the last norm is applied: tokens have ~zero mean over D before the affine part
         ln = bb.vit.norm
         raw = (all_tokens - ln.bias) / ln.weight
@@ -113,7 +149,9 @@ def test_non_multiple_sizes_raise_unless_floored() -> None:
         floored = bb(x, floor_to_patch=True)
         assert floored.shape == (1, 36, 192)
         assert torch.equal(floored, bb(x[:, :, :96, :96]))  # the official conv ignores the rest
-        assert bb.forward_grid(x, floor_to_patch=True).shape == (1, 192, 6, 6)
+        assert bb(torch.randn(1, 3, 98, 111), floor_to_patch=True).shape == (1, 6 * 6, 192)
+        with pytest.raises(ValueError, match="not a positive multiple"):
+            bb(torch.randn(1, 3, 15, 32), floor_to_patch=True)  # floors to 0 rows
 
 
 def test_drop_path_is_linear_over_depth_and_inactive_in_eval() -> None:
@@ -174,3 +212,17 @@ def test_weight_argument_dispatch(tmp_path) -> None:
             pos_embed_interp="bilinear",
             seed=0,
         )
+
+
+def test_registry_is_a_leaf_module() -> None:
+    """One entry per backbone, readable by the report without torch: imports no other neco code."""
+    import ast
+    from pathlib import Path
+
+    import neco.models.registry as registry
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if m.startswith("neco") and not m.startswith("neco.config")]
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "timm")]

@@ -55,7 +55,9 @@ def test_bad_enum_value_lists_choices(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_archive_block_is_named(tmp_path: Path) -> None:
-    path = _write(tmp_path, lambda p: p["datasets"]["voc"]["archives"]["voc2012"].update(sha256="x"))
+    path = _write(
+        tmp_path, lambda p: p["datasets"]["voc"]["archives"]["voc2012"].update(sha256="x")
+    )
     with pytest.raises(ConfigError, match=r"datasets\.voc\.archives\.voc2012\.sha256"):
         validate_params(path)
 

@@ -111,7 +111,7 @@ def test_loader_drops_last_partial_batch(tiny: TinySetup) -> None:
     dm.trainer = fake_trainer(0, 1, 0)
     loader = dm.train_dataloader()
     batches = list(loader)
-    assert len(loader) == len(batches) == dm.steps_per_epoch(1) == 2  # 12 // 5
+    assert len(loader) == len(batches) == dm.steps_per_epoch() == 2  # 12 // 5
     for views, gc, all_ in batches:
         assert len(views) == 6 and all(v.shape[0] == 5 for v in views)
         assert gc.shape == (5, 2, 6, 4) and all_.shape == (5, 6, 2, 4)
@@ -140,12 +140,12 @@ def test_ranks_split_the_global_batch(tiny: TinySetup) -> None:
     assert sorted(shards[0] + shards[1]) == list(range(12))
     dm.trainer = fake_trainer(1, 2, 1)
     loader = dm.train_dataloader()
-    assert loader.batch_size == 2 and len(loader) == dm.steps_per_epoch(2) == 3
+    assert loader.batch_size == 2 and len(loader) == dm.steps_per_epoch() == 3
 
 
 def test_batch_size_errors(tiny: TinySetup) -> None:
     with pytest.raises(ValueError, match=r"train.batch_size=13 exceeds the 12 training images"):
-        _datamodule(tiny, batch=13, seed=0).steps_per_epoch(1)
+        _datamodule(tiny, batch=13, seed=0).steps_per_epoch()
     with pytest.raises(ValueError, match=r"train.batch_size=5 is not divisible by 2 devices"):
         _datamodule(tiny, batch=5, seed=0).per_device_batch(2)
 

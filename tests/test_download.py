@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import socket
 import time
 import urllib.error
 from pathlib import Path
 
 import pytest
+import yaml
 
+from neco.config import DownloadConfig
 from neco.download.archives import ArchiveConfig
 from neco.download.fetch import DownloadError, fetch, fetch_archives, marker_path
 from neco.download.transfer import FatalError, TransientError, classify_error
@@ -19,6 +23,13 @@ BODY = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4 B: several read chunks
 MD5 = hashlib.md5(BODY).hexdigest()
 SHA1 = hashlib.sha1(BODY).hexdigest()
 NET = dict(retries=0, timeout_s=5.0, backoff_s=0.0, progress=False)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _runtime_lines(retries: int = 0) -> list[str]:
+    """The ``runtime`` block of a hand-written params file for the download stage."""
+    return ["runtime:", "  num_workers: 0", "  progress: false", "  download:",
+            f"    retries: {retries}", "    timeout_s: 5.0", "    backoff_s: 0.0"]
 
 
 def test_success_writes_verified_file_and_marker(http_server: LocalServer, tmp_path: Path) -> None:
@@ -214,8 +225,7 @@ def test_download_stage_main_coco_and_offline_message(http_server: LocalServer,
     from tests.fixtures.coco_in100 import build_coco_archives
 
     arcs = build_coco_archives(tmp_path / "src")
-    lines = ["runtime:", "  num_workers: 0", "  progress: false", "datasets:", "  coco:",
-             "    archives:"]
+    lines = [*_runtime_lines(), "datasets:", "  coco:", "    archives:"]
     for key, p in arcs.items():
         url = http_server.add(f"/{p.name}", p.read_bytes())
         lines += [f"      {key}:", f"        filename: {p.name}", f"        urls: [{url}]",
@@ -223,7 +233,7 @@ def test_download_stage_main_coco_and_offline_message(http_server: LocalServer,
                   f"        size: {p.stat().st_size}", "        local_path: null"]
     lines += ["    linear_subset: {fraction: 0.1, seed: 400}", "    convert_train: subset",
               "    regenerate_stuff_from_json: false", "    verify_counts: false",
-              "    cache_dir: null", "    download: {retries: 0, timeout_s: 5.0, backoff_s: 0.0}"]
+              "    cache_dir: null"]
     params = tmp_path / "params.yaml"
     params.write_text("\n".join(lines) + "\n")
     main(["--params", str(params), "--dataset", "coco", "--out", str(tmp_path / "raw")])
@@ -247,3 +257,78 @@ def test_complete_partial_is_verified_without_request(http_server: LocalServer,
     (tmp_path / "b.bin.part").write_bytes(BODY[::-1])  # right size, wrong bytes: refetched
     fetch([url], tmp_path / "b.bin", md5=MD5, size=len(BODY), **NET)
     assert (tmp_path / "b.bin").read_bytes() == BODY
+
+
+def test_progress_bar_is_tqdm_on_stderr_only_when_enabled(
+        http_server: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = http_server.add("/a.bin", BODY)
+    fetch([url], tmp_path / "quiet.bin", md5=MD5, **NET)
+    assert capsys.readouterr().err == ""
+    fetch([url], tmp_path / "loud.bin", md5=MD5, **{**NET, "progress": True})
+    err = capsys.readouterr().err
+    assert "loud.bin" in err and "B/s" in err  # tqdm's byte-rate bar, named after the file
+
+
+def test_hash_file_matches_hashlib(tmp_path: Path) -> None:
+    from neco.download.fetch import hash_file
+
+    (tmp_path / "a.bin").write_bytes(BODY)
+    assert hash_file(tmp_path / "a.bin", ["md5", "sha1", "sha256"]) == {
+        "md5": MD5, "sha1": SHA1, "sha256": hashlib.sha256(BODY).hexdigest()}
+
+
+def test_download_knobs_are_runtime_not_declared_dataset_params() -> None:
+    """Retries/timeout/backoff cannot change a file: they live in ``runtime.download``, which no
+    download or prepare stage declares, so changing them re-runs nothing."""
+    from neco.data.registry import SOURCES
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, block in params["datasets"].items():
+        assert "download" not in block, f"params.yaml: datasets.{name}.download"
+    assert set(params["runtime"]["download"]) == {"retries", "timeout_s", "backoff_s"}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in ("download", "prepare"):
+        declared = stages[stage]["do"]["params"]
+        assert declared == ["datasets.${item}"], (stage, declared)
+    for name, spec in SOURCES.items():
+        fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+        assert "download" not in fields, f"{spec.config}: a download field is declared"
+        params_of_fetch = inspect.signature(spec.fetch_fn()).parameters
+        assert list(params_of_fetch)[2:] == ["download", "progress"], name
+        assert all(params_of_fetch[k].kind is inspect.Parameter.KEYWORD_ONLY
+                   for k in ("download", "progress")), name
+
+
+def test_download_stage_honours_runtime_download_retries(http_server: LocalServer,
+                                                         tmp_path: Path) -> None:
+    """A mirror that fails once (503): ``runtime.download.retries: 0`` fails, 1 succeeds."""
+    from stages.download import main
+
+    url = http_server.add("/ADEChallengeData2016.zip", BODY, fail_times=1)
+    dataset = ["datasets:", "  ade20k:", "    archives:", "      ade20k:",
+               "        filename: ADEChallengeData2016.zip", f"        urls: [{url}]",
+               f"        md5: {MD5}", "        sha1: null", f"        size: {len(BODY)}",
+               "        local_path: null", "    hbird_sets: null", "    verify_counts: false",
+               "    cache_dir: null"]
+    params = tmp_path / "params.yaml"
+    argv = ["--params", str(params), "--dataset", "ade20k", "--out", str(tmp_path / "raw")]
+    params.write_text("\n".join([*_runtime_lines(retries=0), *dataset]) + "\n")
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        main(argv)
+    assert len(http_server.hits("/ADEChallengeData2016.zip")) == 1
+    assert not (tmp_path / "raw" / "ADEChallengeData2016.zip").exists()
+    http_server.routes["/ADEChallengeData2016.zip"].fail_times = 1
+    params.write_text("\n".join([*_runtime_lines(retries=1), *dataset]) + "\n")
+    main(argv)
+    assert (tmp_path / "raw" / "ADEChallengeData2016.zip").read_bytes() == BODY
+    assert len(http_server.hits("/ADEChallengeData2016.zip")) == 3  # 1 + (503, then 200)
+
+
+def test_download_config_is_the_runtime_schema() -> None:
+    """``neco.download.fetch.DownloadConfig`` is the ``runtime.download`` schema (re-export)."""
+    from neco.config.sections import RuntimeConfig
+    from neco.download import fetch as fetch_module
+
+    assert fetch_module.DownloadConfig is DownloadConfig
+    assert {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}["download"] in (
+        DownloadConfig, "DownloadConfig")

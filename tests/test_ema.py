@@ -1,4 +1,5 @@
-"""Tests for ``neco.method.schedules``: schedules, EMA, param groups, trainable blocks (§4, §10, §11)."""
+"""Tests for ``neco.method.schedules``: schedules, EMA, param groups, trainable blocks
+(§4, §10, §11)."""
 
 from __future__ import annotations
 

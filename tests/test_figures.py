@@ -1,4 +1,4 @@
-"""Tests for neco.report.figures: palettes, TSV reading, and deterministic non-empty PNGs."""
+"""Tests for neco.figures: palettes, TSV reading, and deterministic non-empty PNGs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.report.figures import (
+from neco.figures import (
     IGNORE_RGB,
     class_palette,
     cluster_palette,

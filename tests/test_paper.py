@@ -1,4 +1,4 @@
-"""Tests for neco.report.paper: strict CSV parsing and the backbone/dataset -> paper-label mapping."""
+"""Tests for neco.report.paper: strict CSV parsing, the backbone/dataset -> paper-label mapping."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from neco.models.registry import BACKBONES
 from neco.report.paper import (
     PAPER_COLUMNS,
     PaperResultsError,
     load_paper_results,
     lookup,
+    paper_labels,
     paper_model_label,
     paper_setting,
     parse_paper_results,
@@ -96,6 +98,41 @@ def test_dip_reevaluations_are_never_used(rows) -> None:  # type: ignore[no-unty
             for r in ("init", "neco") for d in ("voc", "ade20k")
             for f in ("1/1", "1/8", "1/64", "1/128")]
     assert all(ref is not None and "DIP" not in ref.row.method for ref in refs)
+
+
+# Regression reference: the former PAPER_MODELS table of neco/report/paper.py (before the labels
+# moved into the registry): backbone -> (arch, init labels, NeCo labels).
+FORMER_PAPER_MODELS = {
+    "dinov2_vits14_xr": ("ViT-S/14", ("DINOv2R",), ("NeCo", "NeCo on DINOv2R-XR")),
+    "dinov2_vitb14_xr": ("ViT-B/14", ("DINOv2R",), ("NeCo", "NeCo on DINOv2R-XR")),
+    "dinov2_vits14_reg": ("ViT-S/14", ("DINOv2R",), ("NeCo on DINOv2R",)),
+    "dinov2_vitb14_reg": ("ViT-B/14", ("DINOv2R",), ("NeCo on DINOv2R",)),
+    "dinov2_vits14": ("ViT-S/14", (), ("NeCo on DINOv2",)),
+    "dinov2_vitb14": ("ViT-B/14", (), ("NeCo on DINOv2",)),
+    "dino_vits16": ("ViT-S/16", ("DINO",), ("NeCo (init: DINO)", "NeCo on DINO")),
+    "timetuning_vits16": ("ViT-S/16", ("TimeT",), ("NeCo (init: TimeT)", "NeCo on TimeT")),
+    "leopart_vits16": ("ViT-S/16", ("Leopart",), ("NeCo (init: Leopart)", "NeCo on Leopart")),
+}
+
+
+def test_paper_labels_come_from_the_registry_unchanged() -> None:
+    got = {}
+    for name, spec in BACKBONES.items():
+        assert paper_labels(name) is spec.paper
+        if spec.paper is not None:
+            got[name] = (spec.paper.arch, spec.paper.init, spec.paper.neco)
+            assert spec.paper.arch.endswith(f"/{spec.patch_size}")
+    assert got == FORMER_PAPER_MODELS
+    assert paper_labels("vit_huge") is None
+
+
+def test_paper_labels_find_their_rows(rows) -> None:  # type: ignore[no-untyped-def]
+    """Every label of every registry entry names at least one row of the repo CSV."""
+    keys = {(r.method, r.backbone) for r in rows}
+    for name, spec in BACKBONES.items():
+        if spec.paper is not None:
+            for method in spec.paper.init + spec.paper.neco:
+                assert (method, spec.paper.arch) in keys, (name, method)
 
 
 def test_paper_model_labels() -> None:

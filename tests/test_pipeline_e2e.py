@@ -65,7 +65,8 @@ def _set(params: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _copy_repo(dst: Path) -> None:
     files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout.splitlines()
     for rel in files:
         src = ROOT / rel
@@ -79,8 +80,8 @@ def _copy_repo(dst: Path) -> None:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env.update(DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     return env
 
 
@@ -109,8 +110,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_and_is_idempotent(repo: Path) -> None:
     out = _run(["dvc", "repro"], repo)
-    for stage in ("weights", "download@synthetic", "prepare@synthetic", "crops", "train", "features@synthetic",
-                  "eval_linear@synthetic", "eval_overcluster@synthetic", "eval_hbird@synthetic", "report"):
+    for stage in ("weights", "download@synthetic", "prepare@synthetic", "crops", "train",
+                  "features@synthetic", "eval_linear@synthetic", "eval_overcluster@synthetic",
+                  "eval_hbird@synthetic", "report"):
         assert f"Running stage '{stage}'" in out, stage
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     for key in ("linear.synthetic.init.miou", "linear.synthetic.neco.miou", "train.final_loss"):
@@ -127,7 +129,9 @@ def test_repro_runs_every_stage_and_is_idempotent(repo: Path) -> None:
 def test_exp_run_changes_metrics(repo: Path) -> None:
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline results"], repo)
-    out = _run(["dvc", "exp", "run", "-S", "train.lr_heads=0.01", "-S", "train.lr_backbone=0.001"], repo)
+    out = _run(
+        ["dvc", "exp", "run", "-S", "train.lr_heads=0.01", "-S", "train.lr_backbone=0.001"], repo
+    )
     assert "Running stage 'train'" in out
     assert "Running stage 'crops'" not in out  # the manifest does not depend on learning rates
     diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo))

@@ -12,9 +12,11 @@ from official_formats import (
     ref_interpolate_pos_encoding,
     reference_vit_forward,
 )
+from timm.models.vision_transformer import VisionTransformer
 
 from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
-from neco.models.vit import build_backbone
+from neco.models.registry import BACKBONES
+from neco.models.vit import Backbone, build_backbone
 
 torch.set_num_threads(1)
 
@@ -151,19 +153,115 @@ def test_dino_backbone_equals_reference_forward(tmp_path) -> None:
         torch.testing.assert_close(bb(x), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_timm_mode_equals_timm_forward_features() -> None:
-    bb = build_backbone(
-        "dinov2_vits14_reg",
-        weights="random",
-        cache_dir=None,
-        drop_path_rate=0.0,
-        pos_embed_interp="timm",
-        seed=5,
-    ).eval()
-    x = torch.randn(1, 3, 98, 70, generator=torch.Generator().manual_seed(2))
+def _randomise_embeddings(vit: VisionTransformer, seed: int) -> None:
+    """Non-trivial position embedding and prefix tokens (timm inits the CLS token at ~1e-6)."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        ref = bb.vit.forward_features(x)[:, bb.num_prefix_tokens :]
-        torch.testing.assert_close(bb(x), ref, rtol=0, atol=1e-5)
+        for t in (vit.pos_embed, vit.cls_token, vit.reg_token):
+            if t is not None:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+
+
+def _reference_tokens(vit: VisionTransformer, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """The token path written out from timm's pieces + ``resample_patch_pos_embed``.
+
+    This is the former hand-written ``Backbone.forward_tokens`` (before the timm subclass): patch
+    embedding, our resampled patch position embedding, CLS (+ its position entry when the layout
+    has one) and register tokens, then timm's blocks and final norm.
+    """
+    p = vit.patch_embed.patch_size[0]
+    g0, g1 = x.shape[2] // p, x.shape[3] // p
+    t = vit.patch_embed(x)
+    b, d = t.shape[0], t.shape[-1]
+    t = t.reshape(b, g0 * g1, d)
+    pos = vit.pos_embed
+    n_prefix_pos = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    native = (int(vit.patch_embed.grid_size[0]), int(vit.patch_embed.grid_size[1]))
+    patch_pos = resample_patch_pos_embed(
+        pos[:, n_prefix_pos:], native_grid=native, grid=(g0, g1), mode=mode
+    )
+    t = t + patch_pos
+    cls = vit.cls_token + pos[:, :1] if n_prefix_pos else vit.cls_token
+    prefix = [cls.expand(b, -1, -1)]
+    if vit.reg_token is not None:
+        prefix.append(vit.reg_token.expand(b, -1, -1))
+    t = torch.cat(prefix + [t], dim=1)
+    t = vit.norm_pre(vit.patch_drop(vit.pos_drop(t)))
+    out: torch.Tensor = vit.norm(vit.blocks(t))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_token_path_equals_pos_embed_rule_for_every_backbone(name: str) -> None:
+    """Bit-identical (fp32): the timm subclass == timm pieces + ``neco.models.pos_embed``, for
+    every registered architecture, every rule, non-square and floored (98 px at p = 16) inputs;
+    and its ``_pos_embed`` == timm's own where the rules coincide (``timm``)."""
+    spec = BACKBONES[name]
+    p = spec.patch_size
+    bb = build_backbone(
+        name, weights="random", cache_dir=None, drop_path_rate=0.0, pos_embed_interp="official",
+        seed=2,
+    ).eval()  # fmt: skip
+    _randomise_embeddings(bb.vit, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    inputs = [(torch.randn(2, 3, 2 * p, 3 * p, generator=gen), False),
+              (torch.randn(1, 3, 98, 3 * p + 5, generator=gen), True)]  # fmt: skip
+    for mode in PosEmbedInterp:
+        bb.pos_embed_interp = mode
+        assert bb.vit.pos_embed_interp is mode
+        for x, floor in inputs:
+            cropped = x[:, :, : x.shape[2] // p * p, : x.shape[3] // p * p]
+            with torch.no_grad():
+                ours = bb.forward_tokens(x, floor_to_patch=floor)
+                ref = _reference_tokens(bb.vit, cropped, mode.value)
+                assert torch.equal(ours, ref), (name, mode, tuple(x.shape))
+                assert torch.equal(bb(x, floor_to_patch=floor), ref[:, bb.num_prefix_tokens :])
+        grid = bb.vit.patch_embed(inputs[0][0])
+        with torch.no_grad():
+            ours_pe, timm_pe = bb.vit._pos_embed(grid), VisionTransformer._pos_embed(bb.vit, grid)
+        if mode is PosEmbedInterp.TIMM:
+            assert torch.equal(ours_pe, timm_pe)
+
+
+def _plain_timm(bb: Backbone) -> VisionTransformer:
+    """timm's own model (no override) with the backbone's weights."""
+    import timm
+
+    spec = bb.spec
+    plain = timm.create_model(
+        spec.timm_name, pretrained=False, num_classes=0, img_size=spec.native_img_size,
+        dynamic_img_size=True, **dict(spec.timm_kwargs),
+    )  # fmt: skip
+    assert type(plain) is VisionTransformer
+    plain.load_state_dict(bb.vit.state_dict(), strict=True)
+    return plain.eval()
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_demo", "dino_vits16", "dinov2_vits14_reg"])
+def test_equals_timm_forward_features_where_the_rules_coincide(name: str) -> None:
+    """Bit-identical to an unmodified timm ``VisionTransformer.forward_features``: with the
+    ``timm`` rule (and ``hub_reg``, the same computation in timm 1.0.31) at non-native grids,
+    and with every rule at the native grid (no resampling). Covers the CLS-position layout
+    (``dino``) and timm's ``no_embed_class`` register layout (``reg``)."""
+    bb = build_backbone(
+        name, weights="random", cache_dir=None, drop_path_rate=0.0, pos_embed_interp="timm",
+        seed=5,
+    ).eval()  # fmt: skip
+    _randomise_embeddings(bb.vit, seed=6)
+    plain = _plain_timm(bb)
+    p = bb.patch_size
+    x = torch.randn(1, 3, 7 * p, 5 * p, generator=torch.Generator().manual_seed(2))
+    native = torch.randn(1, 3, *(g * p for g in bb.native_grid))
+    with torch.no_grad():
+        ref, ref_native = plain.forward_features(x), plain.forward_features(native)
+        for mode in PosEmbedInterp:
+            bb.pos_embed_interp = mode
+            if mode is not PosEmbedInterp.OFFICIAL:
+                assert torch.equal(bb.forward_tokens(x), ref), mode
+                assert torch.equal(bb(x), ref[:, bb.num_prefix_tokens :]), mode
+            else:  # the official rule differs from timm's off the native grid
+                assert not torch.equal(bb.forward_tokens(x), ref)
+            assert torch.equal(bb.forward_tokens(native), ref_native), mode
 
 
 def test_gradient_reaches_pos_embed_through_resampling() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from neco.config.sections import ReportConfig
-from neco.report.collect import ReportInputError, collect, load_metrics_dir, rollup
+from neco.report.collect import ReportInputError, collect, load_metrics, rollup
 from neco.report.document import HEADER, render_tables
 from neco.report.paper import load_paper_results
 from neco.report.settings import parse_paper_settings, setting_differences
@@ -248,6 +248,8 @@ def test_unknown_protocol_is_reported_generically(paper_rows) -> None:  # type: 
 # ---------------------------------------------------------------------------- stage end to end
 
 PARAMS_YAML = """\
+eval:
+  datasets: {synthetic: synthetic}
 report:
   paper_settings_linear: ["input_size=448", "eval_mask_size=100", "model_selection=best_val"]
   paper_settings_overcluster: ["input_size=448"]
@@ -267,6 +269,10 @@ def _stage_inputs(tmp: Path) -> list[str]:
            entry("linear", "synthetic", {"init": linear(0.3), "neco": linear(0.35)}))
     _write(metrics / "overcluster" / "synthetic.json", entry("overcluster", "synthetic", {
         "init": cluster({7: 0.2}, c=7), "neco": cluster({7: 0.25}, c=7)}))
+    _write(metrics / "hbird" / "synthetic.json", entry("hbird", "synthetic", {
+        "init": hbird({"1/1": 0.4}), "neco": hbird({"1/1": 0.45})}))
+    # a stale file of a dataset no longer in eval.datasets: never rolled up
+    _write(metrics / "linear" / "voc.json", entry("linear", "voc", {"init": linear(0.9)}))
     plots = tmp / "reports" / "train" / "plots" / "metrics"
     _write(plots / "train" / "loss.tsv", "timestamp\tstep\tloss\n1\t0\t4.0\n2\t1\t3.5\n")
     _write(plots / "train" / "lr.tsv", "step\tlr\n0\t0.1\n1\t0.05\n")
@@ -294,11 +300,9 @@ def test_stage_main_end_to_end_is_deterministic(tmp_path: Path) -> None:
              ("metrics.json", "tables.md", "figures/training_loss.png")]
     metrics = json.loads(first[0])
     assert metrics["linear.synthetic.delta"] == 5.0 and metrics["train.steps"] == 12
-    assert "hbird" not in json.dumps(metrics)
+    assert "voc" not in json.dumps(metrics)  # the stale file is not read
     tables = first[1].decode()
     assert "](figures/training_loss.png)" in tables and "](figures/linear_synthetic.png)" in tables
-    assert "## In-context retrieval, Hummingbird, by memory fraction (like paper Figure 2)\n\n" \
-           "Not run" in tables
     assert first[2].startswith(b"\x89PNG")
     stage.main(argv)
     assert first == [(reports / n).read_bytes() for n in
@@ -316,13 +320,23 @@ def test_stage_missing_input_names_the_path(tmp_path: Path, flag: str) -> None:
         stage.main(argv)
 
 
-def test_load_metrics_dir_rejects_misplaced_file(tmp_path: Path) -> None:
+def test_load_metrics_rejects_misplaced_file(tmp_path: Path) -> None:
     _write(tmp_path / "linear" / "voc.json", entry("hbird", "voc", {"neco": hbird({"1/1": 0.5})}))
     with pytest.raises(ReportInputError, match=r"linear/voc\.json: protocol: 'hbird' does not"):
-        load_metrics_dir(tmp_path)
+        load_metrics(tmp_path, datasets=["voc"], protocols=["linear"])
     _write(tmp_path / "linear" / "voc.json", "{not json")
     with pytest.raises(ReportInputError, match=r"voc\.json: invalid JSON"):
-        load_metrics_dir(tmp_path)
+        load_metrics(tmp_path, datasets=["voc"], protocols=["linear"])
+
+
+def test_load_metrics_reads_exactly_the_declared_files(tmp_path: Path) -> None:
+    """Stale files of undeclared datasets are ignored; a declared file that is missing fails."""
+    _write(tmp_path / "linear" / "voc.json", entry("linear", "voc", {"init": linear(0.3)}))
+    _write(tmp_path / "linear" / "ade20k.json", entry("linear", "ade20k", {"init": linear(0.2)}))
+    got = load_metrics(tmp_path, datasets=["voc"], protocols=["linear"])
+    assert [(e.protocol, e.dataset) for e in got] == [("linear", "voc")]
+    with pytest.raises(FileNotFoundError, match=r"hbird/voc\.json.*eval_hbird@voc"):
+        load_metrics(tmp_path, datasets=["voc"], protocols=["linear", "hbird"])
 
 
 def test_k_equals_c_is_found_by_class_count(paper_rows) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import neco.train.datamodule as datamodule
-from neco.config import TrainConfig, load_section, load_value
+from neco.config import RuntimeConfig, TrainConfig, load_section, load_value
 from neco.config.method import CropConfig
 from neco.models.export import export_from_checkpoint
 from neco.models.vit import build_backbone
@@ -50,8 +50,7 @@ def run(tiny: TinySetup, tag: str, params: Path | None = None) -> dict[str, Any]
         out_dir=tiny.root / tag / "out",
         checkpoint_dir=tiny.root / tag / "ckpt",
         live_dir=tiny.root / tag / "live",
-        num_workers=0,
-        progress=False,
+        runtime=load_section(params, "runtime", RuntimeConfig),
     )
 
 
@@ -119,7 +118,7 @@ def test_outputs(tiny: TinySetup, reference: dict[str, Any]) -> None:
     assert losses[0] == pytest.approx(summary["initial_loss"])
     assert losses[-1] == pytest.approx(summary["final_loss"])
     lrs = [float(r["lr_backbone"]) for r in tsv(plots / "lr_backbone.tsv")]
-    assert lrs[0] == pytest.approx(1e-4) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[0] == pytest.approx(1e-4) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
     assert len(tsv(plots / "epoch_loss.tsv")) == 2
 
     # completed: the final state is final.ckpt, nothing is left to resume from
@@ -171,7 +170,9 @@ def test_changed_config_does_not_resume_and_final_ckpt_is_final(
             run(tiny, "changed")
     ckpt = tiny.root / "changed" / "ckpt"
     assert (ckpt / "last.ckpt").is_file()
-    params = tiny.with_params("changed", {"train.checkpoint_every_n_epochs": 5})
+    params = tiny.with_params(
+        "changed", {"train.lr_heads": 2.0e-4, "runtime.train.checkpoint_every_n_epochs": 5}
+    )
     summary = run(tiny, "changed", params)
     assert summary["resumed"] is False and summary["steps"] == STEPS
     assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
@@ -196,3 +197,18 @@ def test_max_steps_run_is_complete_and_not_resumed(
     assert sorted(p.name for p in ckpt.iterdir()) == ["final.ckpt", "last.fingerprint"]
     full = run(tiny, "short")
     assert full["resumed"] is False and full["final_loss"] == reference["final_loss"]
+
+
+def test_runtime_knobs_do_not_invalidate_a_resume(
+    tiny: TinySetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``runtime.*`` cannot change the weights, so changing it keeps the checkpoint resumable."""
+    with monkeypatch.context() as mp:
+        crash_in_epoch(mp, 1)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run(tiny, "knobs")
+    params = tiny.with_params(
+        "knobs", {"runtime.train.log_every_n_steps": 2, "runtime.eval.features_batch_size": 3}
+    )
+    summary = run(tiny, "knobs", params)
+    assert summary["resumed"] is True and summary["steps"] == STEPS

@@ -28,6 +28,7 @@ from neco.models.export import load_exported
 from neco.models.fetch import host_resolves
 from neco.models.vit import FrozenExtractor
 from stages import train as train_stage
+from stages import weights as weights_stage
 from tests.fixtures.tiny_training import TinySetup, build_tiny, git_repo
 
 torch.set_num_threads(1)
@@ -43,18 +44,20 @@ VITB = {
     "train.backbone": "dinov2_vitb14",
     "train.epochs": 1,
     "train.lr_backbone": 5.0e-6,
-    "train.checkpoint_every_n_epochs": 2,  # no periodic checkpoint: only final.ckpt (1.4 GB)
+    # no periodic checkpoint: only final.ckpt (1.4 GB)
+    "runtime.train.checkpoint_every_n_epochs": 2,
     "crops.global_size": 42,
     "crops.local_size": 28,
 }
-# In a subprocess: make every host lookup fail, then run the stage as `python -m stages.train`.
+# In a subprocess: make every host lookup fail, then run the stage as `python -m stages.weights`
+# (the weights stage resolves and downloads official weights; train only reads its output).
 OFFLINE_BOOTSTRAP = (
     "import runpy, socket, sys\n"
     "def _offline(*args, **kwargs):\n"
     "    raise socket.gaierror(-2, 'Name or service not known (test: offline)')\n"
     "socket.getaddrinfo = _offline\n"
-    "sys.argv[0] = 'stages.train'\n"
-    "runpy.run_module('stages.train', run_name='__main__', alter_sys=True)\n"
+    "sys.argv[0] = 'stages.weights'\n"
+    "runpy.run_module('stages.weights', run_name='__main__', alter_sys=True)\n"
 )
 
 
@@ -70,7 +73,9 @@ def stage_args(setup: TinySetup, params: Path, tag: str) -> list[str]:
     run = setup.root / tag
     return [
         "--params", str(params), "--dataset", "synthetic", "--data", str(setup.prepared),
-        "--manifest", str(setup.manifest), "--out", str(run / "out"),
+        "--manifest", str(setup.manifest),
+        "--init", str(run / "init" / "init_backbone.safetensors"),
+        "--out", str(run / "out"),
         "--checkpoints", str(run / "ckpt"), "--live", str(run / "live"),
     ]
 
@@ -78,13 +83,13 @@ def stage_args(setup: TinySetup, params: Path, tag: str) -> list[str]:
 def test_offline_official_weights_fail_fast(vitb: TinySetup, tmp_path: Path) -> None:
     cache = tmp_path / "weights_cache"
     params = vitb.with_params("offline", {"train.weights": None, "train.weights_cache": str(cache)})
-    args = stage_args(vitb, params, "offline")
+    args = ["--params", str(params), "--out", str(vitb.root / "offline" / "init")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     env.pop("NECO_TRACEBACK", None)
     if host_resolves("dl.fbaipublicfiles.com", 3.0):  # online machine: simulate the offline one
         cmd = [sys.executable, "-c", OFFLINE_BOOTSTRAP, *args]
     else:
-        cmd = [sys.executable, "-m", "stages.train", *args]
+        cmd = [sys.executable, "-m", "stages.weights", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0
@@ -119,7 +124,7 @@ def trained(
     """
     params = vitb.with_params("local", {"train.weights": str(official_file[0])})
     args = stage_args(vitb, params, "local")
-    train_stage.resolve_initial_weights(args)  # a local file: nothing to fetch
+    weights_stage.main(["--params", str(params), "--out", str(vitb.root / "local" / "init")])
     train_stage.main(args)
     yield vitb.root / "local"
     shutil.rmtree(vitb.root / "local")
@@ -135,7 +140,7 @@ def test_local_official_weights_train(
     assert 0 < summary["final_loss"] < 100 and 0 < summary["initial_loss"] < 100
     # the starting point is the official file, loaded strictly through the DINOv2 key map
     _, official = official_file
-    init = load_file(str(trained / "out" / "init_backbone.safetensors"))
+    init = load_file(str(trained / "init" / "init_backbone.safetensors"))
     shared = sorted(set(init) & set(official))
     assert set(official) - set(init) == {"mask_token"}  # the only dropped key (method.md §4)
     assert len(shared) == len(init)

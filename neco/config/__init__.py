@@ -21,6 +21,7 @@ from neco.config.method import EmaTiming, HeadConfig, Precision, TeacherHeadInit
 from neco.config.sections import (
     SECTION_SCHEMAS,
     DataConfig,
+    DownloadConfig,
     EvalConfig,
     FeaturesConfig,
     ReportConfig,
@@ -33,6 +34,7 @@ __all__ = [
     "SECTION_SCHEMAS",
     "ConfigError",
     "DataConfig",
+    "DownloadConfig",
     "EmaTiming",
     "EvalConfig",
     "FeaturesConfig",

@@ -27,7 +27,6 @@ class Matching(enum.Enum):
     identity = "identity"
     hungarian = "hungarian"
     many_to_one_precision = "many_to_one_precision"
-    many_to_one_iou = "many_to_one_iou"
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,6 @@ class LinearConfig:
         upsample_order: features (reference) or logits (cheaper, ≈ equal).
         full_val: score every val image (project); false = reference ``drop_last`` truncation to
             whole ``batch_size`` batches (VOC: 1,408 of 1,449).
-        n_examples: val images kept as figure examples (not serialised).
         metric: shared metric quirks.
     """
 
@@ -189,7 +187,6 @@ class LinearConfig:
     train_drop_last: bool
     upsample_order: UpsampleOrder
     full_val: bool
-    n_examples: int
     metric: MetricConfig
 
 
@@ -219,7 +216,6 @@ class ClusterConfig:
         backend: k-means implementation (faiss).
         full_val: score every val image (project); false = reference ``drop_last`` truncation.
         drop_last_batch_size: batch size of that truncation (reference 32: VOC 1,440 of 1,449).
-        n_examples: val images kept as figure examples (not serialised).
         metric: shared metric quirks.
     """
 
@@ -236,7 +232,6 @@ class ClusterConfig:
     backend: KmeansBackend
     full_val: bool
     drop_last_batch_size: int
-    n_examples: int
     metric: MetricConfig
 
 
@@ -263,11 +258,7 @@ class HbirdConfig:
         fractions: memory fractions, e.g. ["1/1", "1/8", "1/64", "1/128"].
         subset_seeds: subset / run seeds ([42, 400, 783, 1293, 4019]).
         full_repeats: runs at 1/1, using the first seeds (1).
-        batch_size: images per extractor forward and per query block.
-        query_chunk: query rows per search block.
-        key_chunk: key rows per block of the torch exact search.
         label_storage: float32 soft labels or exact int16 pixel counts (same numbers).
-        n_examples: query images kept as figure examples (not serialised).
         metric: shared metric quirks.
     """
 
@@ -289,9 +280,5 @@ class HbirdConfig:
     fractions: list[str]
     subset_seeds: list[int]
     full_repeats: int
-    batch_size: int
-    query_chunk: int
-    key_chunk: int
     label_storage: LabelStorage
-    n_examples: int
     metric: MetricConfig

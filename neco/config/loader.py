@@ -20,7 +20,7 @@ import enum
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -95,7 +95,8 @@ def read_params(params_path: str | Path) -> dict[str, Any]:
     container = OmegaConf.to_container(raw, resolve=False)
     if not isinstance(container, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return container
+    # the stubs allow any YAML scalar as a key; a params file's top-level keys are section names
+    return cast(dict[str, Any], container)
 
 
 def _select(params: dict[str, Any], section: str, path: Path) -> Any:
@@ -142,7 +143,12 @@ def _freeze(tp: Any, value: Any) -> Any:
         return None
     if _is_dataclass_type(tp):
         hints = typing.get_type_hints(tp)
-        return tp(**{f.name: _freeze(hints[f.name], getattr(value, f.name)) for f in dataclasses.fields(tp)})
+        return tp(
+            **{
+                f.name: _freeze(hints[f.name], getattr(value, f.name))
+                for f in dataclasses.fields(tp)
+            }
+        )
     origin = typing.get_origin(tp)
     if origin is list:
         (item,) = typing.get_args(tp)
@@ -156,7 +162,9 @@ def _freeze(tp: Any, value: Any) -> Any:
 def build_section(value: Any, schema: type[T], *, key: str, source: str = "params") -> T:
     """Validate ``value`` (plain containers) against ``schema`` and return the dataclass."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{source}: {key}: expected a mapping for {schema.__name__}, got {value!r}")
+        raise ConfigError(
+            f"{source}: {key}: expected a mapping for {schema.__name__}, got {value!r}"
+        )
     value = _normalise_enums(schema, value, key)
     # Structured dataclass nodes reject unknown keys and wrong types by themselves; struct mode
     # is not set on the root because it would also close `dict[str, ...]` fields (archives).
@@ -169,7 +177,10 @@ def build_section(value: Any, schema: type[T], *, key: str, source: str = "param
         full = f"{key}.{sub}" if sub else key
         msg = str(getattr(err, "msg", err)).splitlines()[0]
         if "Missing mandatory value" in msg:
-            msg = "missing value (every key must be set in params.yaml; null is allowed only where documented)"
+            msg = (
+                "missing value (every key must be set in params.yaml; null is allowed only "
+                "where documented)"
+            )
         raise ConfigError(f"{source}: {full}: {msg}") from err
     assert isinstance(obj, schema)
     return obj

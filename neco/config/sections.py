@@ -9,7 +9,6 @@ only; every value, with a comment, lives in ``params.yaml``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from neco.config.evals import ClusterConfig, HbirdConfig, LinearConfig
 from neco.config.method import (
@@ -23,12 +22,15 @@ from neco.config.method import (
 
 __all__ = [
     "DataConfig",
+    "DownloadConfig",
+    "EvalRuntime",
     "EvalConfig",
     "FeaturesConfig",
     "ReportConfig",
     "RuntimeConfig",
     "SECTION_SCHEMAS",
     "TrainConfig",
+    "TrainRuntime",
 ]
 
 
@@ -41,12 +43,12 @@ class TrainConfig:
     """
 
     backbone: str
-    weights: Optional[str]
-    weights_cache: Optional[str]
+    weights: str | None
+    weights_cache: str | None
     pos_embed_interp: str
-    epochs: Optional[int]
-    batch_size: Optional[int]
-    lr_backbone: Optional[float]
+    epochs: int | None
+    batch_size: int | None
+    lr_backbone: float | None
     lr_heads: float
     final_lr: float
     weight_decay: float
@@ -56,8 +58,8 @@ class TrainConfig:
     ema_timing: EmaTiming
     teacher_head_init: TeacherHeadInit
     drop_path: float
-    trainable_blocks: Optional[list[int]]
-    grad_clip: Optional[float]
+    trainable_blocks: list[int] | None
+    grad_clip: float | None
     jitter_strength: float
     blur_strength: float
     head: HeadConfig
@@ -66,9 +68,7 @@ class TrainConfig:
     accelerator: str
     devices: int
     strategy: str
-    max_steps: Optional[int]
-    checkpoint_every_n_epochs: int
-    log_every_n_steps: int
+    max_steps: int | None
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,9 @@ class FeaturesConfig:
 
     Attributes:
         input_size: square input side S in pixels (448 in the paper; divisible by the patch).
-        batch_size: images per forward pass.
     """
 
     input_size: int
-    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -89,16 +87,18 @@ class EvalConfig:
     """Dense evaluation (evaluation.md).
 
     Attributes:
-        datasets: evaluation datasets (``neco.data.registry.DATASETS`` names).
+        datasets: evaluation dataset -> its prepared source, e.g. ``{coco_things: coco}``
+            (a ``neco.data.registry`` dataset name and its ``source``; the mapping lets
+            ``dvc.yaml`` depend on exactly ``data/prepared/<source>``).
         models: models under evaluation: ``init`` (the starting backbone) and/or ``neco``.
         checkpoint: evaluate this file as ``neco`` instead of the trained student (an exported
             safetensors or a released NeCo ``.ckpt``); None = the train stage's student.
         checkpoint_key: which network of a NeCo ``.ckpt`` to take (``student`` or ``teacher``).
     """
 
-    datasets: list[str]
+    datasets: dict[str, str]
     models: list[str]
-    checkpoint: Optional[str]
+    checkpoint: str | None
     checkpoint_key: str
     features: FeaturesConfig
     linear: LinearConfig
@@ -107,16 +107,71 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TrainRuntime:
+    """Training knobs that cannot change the trained weights.
+
+    Attributes:
+        checkpoint_every_n_epochs: period of the resumable full checkpoint (resume is exact at
+            epoch ends, so the period changes only how much work a crash can lose).
+        log_every_n_steps: dvclive logging period of the training curves.
+    """
+
+    checkpoint_every_n_epochs: int
+    log_every_n_steps: int
+
+
+@dataclass(frozen=True)
+class EvalRuntime:
+    """Evaluation knobs that cannot change a metric (fp32 inference: at most float rounding).
+
+    Attributes:
+        features_batch_size: images per forward pass of the features cache.
+        figure_examples: val images drawn in each protocol's example figure.
+        hbird_batch_size: images per extractor forward of Hummingbird memory and queries.
+        hbird_query_chunk: query rows per nearest-neighbour search block.
+        hbird_key_chunk: key rows per block of the exact torch search.
+    """
+
+    features_batch_size: int
+    figure_examples: int
+    hbird_batch_size: int
+    hbird_query_chunk: int
+    hbird_key_chunk: int
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Network behaviour of the download stage (``runtime.download``): cannot change any file.
+
+    Attributes:
+        retries: extra rounds over all mirrors after the first one, for transient errors.
+        timeout_s: socket timeout per connect/read, seconds.
+        backoff_s: sleep before retry round r is ``backoff_s * 2**(r-1)`` seconds.
+    """
+
+    retries: int
+    timeout_s: float
+    backoff_s: float
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
-    """Knobs that cannot change results; read but deliberately not declared in ``dvc.yaml``.
+    """Knobs that cannot change results; read by the stages but deliberately not declared in
+    ``dvc.yaml``, so changing one re-runs nothing.
 
     Attributes:
         num_workers: DataLoader worker processes.
         progress: show progress bars.
+        train: training periods (checkpoints, logging).
+        eval: inference batch sizes.
+        download: retries, timeouts and backoff of every download.
     """
 
     num_workers: int
     progress: bool
+    train: TrainRuntime
+    eval: EvalRuntime
+    download: DownloadConfig
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,14 @@ def validate_params(
     out["datasets"] = {}
     for name, block in datasets.items():
         if name not in dataset_schemas:
-            raise ConfigError(f"{path}: datasets.{name}: unknown source; expected one of {sorted(dataset_schemas)}")
+            raise ConfigError(
+                f"{path}: datasets.{name}: unknown source; expected one of "
+                f"{sorted(dataset_schemas)}"
+            )
         schema = dataset_schemas[name]
-        out["datasets"][name] = build_section(block, schema, key=f"datasets.{name}", source=str(path))
+        out["datasets"][name] = build_section(
+            block, schema, key=f"datasets.{name}", source=str(path)
+        )
     data = out["data"]
     for src in data.sources:
         if src not in datasets:

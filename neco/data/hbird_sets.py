@@ -20,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from neco.config import DownloadConfig
 from neco.data.meta import SplitRecord, md5_bytes, parse_id_list, write_split
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadConfig, fetch_archives
+from neco.download.fetch import fetch_archives
 from neco.io import write_bytes
 
 HBIRD_REPO = "vpariza/open-hummingbird-eval"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neco.io import write_bytes, write_json
+from neco.io import file_digest, write_bytes, write_json
 
 META_FIELDS = (
     "name",
@@ -52,12 +52,8 @@ def md5_bytes(data: bytes) -> str:
 
 
 def md5_file(path: Path) -> str:
-    """md5 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """md5 hex digest of a file (``neco.io.file_digest``)."""
+    return file_digest(path, "md5")
 
 
 def _check_id(item: str, source: str) -> None:

@@ -5,7 +5,8 @@ Two kinds of entries:
 * ``SOURCES``: raw datasets that are fetched and prepared, one ``datasets.<name>`` params block
   each. ``config``, ``fetch`` and ``prepare`` are dotted paths ``"module:attr"`` resolved on
   use, so importing the registry stays light (no scipy, no generator code).
-  Signatures: ``fetch(cfg, raw_dir, *, progress) -> None`` and
+  Signatures: ``fetch(cfg, raw_dir, *, download, progress) -> None`` (``download`` is the
+  ``runtime.download`` ``DownloadConfig``: retries, timeout, backoff) and
   ``prepare(cfg, raw_dir, out_dir, *, progress) -> None``.
 * ``DATASETS``: labelled or unlabelled views over a prepared source, used by training and the
   eval protocols (evaluation.md §1.6): classes, ignore index, folders and split roles.
@@ -17,11 +18,12 @@ and one ``DatasetSpec`` per view here, and a ``datasets.<name>`` block in ``para
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neco.config import ConfigError
 from neco.config.validate import validate_params as _validate_params
 from neco.data.class_names import ADE20K_CLASS_NAMES, VOC_CLASS_NAMES
 from neco.data.meta import read_meta
@@ -53,7 +55,7 @@ class SourceSpec:
     Attributes:
         name: params key under ``datasets``.
         config: ``"module:Class"`` of the frozen config dataclass of the params block.
-        fetch: ``"module:function"``, ``fetch(cfg, raw_dir, *, progress) -> None``.
+        fetch: ``"module:function"``, ``fetch(cfg, raw_dir, *, download, progress) -> None``.
         prepare: ``"module:function"``, ``prepare(cfg, raw_dir, out_dir, *, progress) -> None``.
     """
 
@@ -131,6 +133,17 @@ class DatasetSpec:
         raise KeyError(f"dataset {self.name!r} has no split {split!r}; expected one of "
                        f"{sorted(self.image_dirs)} or 'hbird/<div>/<name>'")
 
+    @property
+    def eval_splits(self) -> tuple[str, str]:
+        """``(train_split, val_split)`` of a labelled view.
+
+        Raises:
+            ValueError: the view is unlabelled (the same error as :func:`open_dataset`).
+        """
+        if self.train_split is None or self.val_split is None:
+            raise ValueError(f"dataset {self.name!r} is unlabelled; use open_images()")
+        return self.train_split, self.val_split
+
 
 SOURCES: dict[str, SourceSpec] = {
     s.name: s
@@ -207,19 +220,6 @@ def get_dataset(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def fetch_dataset(cfg: Any, raw_dir: Path, *, progress: bool) -> None:
-    """Generic fetch for a new source: every archive of ``cfg.archives`` into ``raw_dir``.
-
-    ``cfg`` needs ``archives`` (dict of ``ArchiveConfig``), ``cache_dir`` and ``download``
-    (``neco.download.fetch.DownloadConfig``), as every real source's config has. Sources with extra
-    downloads (Hummingbird file sets) or rules (ImageNet needs ``local_path``) have their own.
-    """
-    from neco.data.source_archives import fetch_sources
-
-    fetch_sources(cfg.archives, raw_dir, cache_dir=cfg.cache_dir, download=cfg.download,
-                  progress=progress, param_prefix="datasets.<source>.archives")
-
-
 def load_class_names(spec: DatasetSpec, prepared_root: Path) -> list[str]:
     """Class names of a labelled view, checked against its prepared metadata file.
 
@@ -271,5 +271,42 @@ def open_images(name: str, prepared_root: Path, split: str) -> ImageDataset:
 
 
 def validate_params(params_path: Path | str) -> dict[str, Any]:
-    """Validate a whole params file against the section schemas and this registry's sources."""
-    return _validate_params(params_path, {name: s.config_cls for name, s in SOURCES.items()})
+    """Validate a whole params file against the section schemas and this registry's sources.
+
+    Beyond :func:`neco.config.validate.validate_params`, every ``eval.datasets`` entry must map
+    a known dataset to its real source, and ``data.train`` must be a known dataset.
+    """
+    out = _validate_params(params_path, {name: s.config_cls for name, s in SOURCES.items()})
+    for name in out["eval"].datasets:
+        try:
+            check_eval_dataset(name, out["eval"].datasets)
+        except ConfigError as err:
+            raise ConfigError(f"{params_path}: {err}") from None
+    if out["data"].train not in DATASETS:
+        raise ConfigError(
+            f"{params_path}: data.train: unknown dataset {out['data'].train!r}; "
+            f"expected one of {sorted(DATASETS)}"
+        )
+    return out
+
+
+def check_eval_dataset(name: str, datasets: Mapping[str, str]) -> DatasetSpec:
+    """The spec of eval dataset ``name``, checking ``eval.datasets`` maps it to its real source.
+
+    Raises:
+        ConfigError: ``name`` is not in ``eval.datasets``, is unknown, or is mapped to another
+            source than the registry's (the prepared directory would be the wrong one).
+    """
+    if name not in datasets:
+        raise ConfigError(f"eval.datasets: {name!r} is not listed; listed: {sorted(datasets)}")
+    if name not in DATASETS:
+        raise ConfigError(
+            f"eval.datasets.{name}: unknown dataset; expected one of {sorted(DATASETS)}"
+        )
+    spec = DATASETS[name]
+    if datasets[name] != spec.source:
+        raise ConfigError(
+            f"eval.datasets.{name}: source {datasets[name]!r}, but {name!r} is prepared from "
+            f"source {spec.source!r} (data/prepared/{spec.source}); write `{name}: {spec.source}`"
+        )
+    return spec

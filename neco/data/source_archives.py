@@ -14,9 +14,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from neco.config import DownloadConfig
 from neco.data.hbird_sets import HbirdSetsConfig
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadConfig, fetch_archives, read_marker
+from neco.download.fetch import fetch_archives, read_marker
 
 
 def fetch_sources(
@@ -28,7 +29,11 @@ def fetch_sources(
     progress: bool,
     param_prefix: str,
 ) -> dict[str, Path]:
-    """Fetch and verify ``archives`` into ``raw_dir`` (``neco.download.fetch.fetch_archives``)."""
+    """Fetch and verify ``archives`` into ``raw_dir`` (``neco.download.fetch.fetch_archives``).
+
+    ``download`` is ``runtime.download`` in params (retries, timeout, backoff: cannot change
+    any file, so it is not part of the ``datasets.<name>`` block the stages declare).
+    """
     return fetch_archives(
         archives, Path(raw_dir), cache_dir=Path(cache_dir) if cache_dir else None,
         progress=progress, retries=download.retries, timeout_s=download.timeout_s,

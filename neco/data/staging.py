@@ -8,7 +8,6 @@ half-written prepared tree that looks complete.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import tempfile
@@ -16,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-T = TypeVar("T")
+from tqdm import tqdm
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -46,9 +45,5 @@ def staged_dir(dest: Path) -> Iterator[Path]:
 
 
 def log_progress(items: Iterable[T], *, total: int, desc: str, enabled: bool) -> Iterator[T]:
-    """Yield ``items``, logging ``desc: i/total`` at every 10 % when ``enabled``."""
-    step = max(1, total // 10)
-    for i, item in enumerate(items, start=1):
-        yield item
-        if enabled and (i % step == 0 or i == total):
-            log.info("%s: %d/%d", desc, i, total)
+    """Yield ``items`` behind a ``tqdm`` progress bar on stderr (none unless ``enabled``)."""
+    yield from tqdm(items, total=total, desc=desc, disable=not enabled)

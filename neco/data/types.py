@@ -32,12 +32,23 @@ class SegSample:
 
 @runtime_checkable
 class SegDataset(Protocol):
-    """What protocols need from a dataset: indexable samples plus label metadata."""
+    """What protocols need from a dataset: indexable samples plus label metadata.
 
-    ids: Sequence[str]
-    class_names: Sequence[str]
-    num_classes: int
-    ignore_index: int
+    The metadata is read-only here (properties), so a plain attribute, a ``list`` or a
+    property all implement it.
+    """
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+
+    @property
+    def class_names(self) -> Sequence[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def ignore_index(self) -> int: ...
 
     def __len__(self) -> int: ...
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ArchiveConfig:
 
     filename: str
     urls: list[str]
-    md5: Optional[str]
-    sha1: Optional[str]
-    size: Optional[int]
-    local_path: Optional[str]
+    md5: str | None
+    sha1: str | None
+    size: int | None
+    local_path: str | None

@@ -4,8 +4,9 @@
 ``Range`` request, retries transient errors across mirrors with exponential backoff, fails fast
 on errors that retrying cannot fix (unknown host, 4xx, connection refused by a remote host),
 rejects HTML error pages, verifies size and checksums *before* the atomic rename, and records
-the verified checksums in ``<dest>.verified`` so that a re-run is a no-op. Standard library only;
-the single-request transfer and the error taxonomy live in ``neco.download.transfer``.
+the verified checksums in ``<dest>.verified`` so that a re-run is a no-op. Standard library plus
+``neco.io`` (file digests); the single-request transfer and the error taxonomy live in
+``neco.download.transfer``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from neco.config.sections import DownloadConfig as DownloadConfig  # re-export (runtime.download)
 from neco.download.archives import ArchiveConfig
 from neco.download.transfer import FatalError, TransientError, transfer
+from neco.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -34,37 +36,17 @@ class DownloadError(RuntimeError):
     """A file could not be fetched or failed verification."""
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
-    """Network behaviour of the download stage (``datasets.<name>.download`` in params).
-
-    Attributes:
-        retries: extra rounds over all mirrors after the first one, for transient errors.
-        timeout_s: socket timeout per connect/read, seconds.
-        backoff_s: sleep before retry round r is ``backoff_s * 2**(r-1)`` seconds.
-    """
-
-    retries: int
-    timeout_s: float
-    backoff_s: float
-
-
 # ------------------------------------------------------------------ verification helpers
 
 
-def _expected(md5: Optional[str], sha1: Optional[str], sha256: Optional[str]) -> dict[str, str]:
+def _expected(md5: str | None, sha1: str | None, sha256: str | None) -> dict[str, str]:
     out = {k: v.lower() for k, v in (("md5", md5), ("sha1", sha1), ("sha256", sha256)) if v}
     return out
 
 
 def hash_file(path: Path, algorithms: Sequence[str]) -> dict[str, str]:
-    """Hex digests of ``path`` for each algorithm in ``algorithms`` (one streaming pass)."""
-    hashers = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            for h in hashers.values():
-                h.update(block)
-    return {a: h.hexdigest() for a, h in hashers.items()}
+    """Hex digests of ``path`` for each algorithm in ``algorithms`` (``neco.io.file_digest``)."""
+    return {a: file_digest(path, a) for a in algorithms}
 
 
 def marker_path(dest: Path) -> Path:
@@ -72,7 +54,7 @@ def marker_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".verified")
 
 
-def read_marker(dest: Path) -> Optional[dict[str, Any]]:
+def read_marker(dest: Path) -> dict[str, Any] | None:
     """The marker of ``dest`` if it exists and its recorded size equals the file's size."""
     marker = marker_path(dest)
     if not (dest.is_file() and marker.is_file()):
@@ -94,7 +76,7 @@ def _write_marker(dest: Path, digests: Mapping[str, str]) -> None:
 
 
 def _check(path: Path, actual_size: int, digests: Mapping[str, str], expected: Mapping[str, str],
-           size: Optional[int], what: str) -> None:
+           size: int | None, what: str) -> None:
     """Raise DownloadError naming expected vs actual when size or a digest differs."""
     if size is not None and actual_size != size:
         raise DownloadError(f"{what}: size mismatch for {path.name}: expected {size} bytes, "
@@ -119,10 +101,10 @@ def _place(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def fetch(urls: Sequence[str], dest: Path, *, md5: Optional[str] = None,
-          sha1: Optional[str] = None, sha256: Optional[str] = None, size: Optional[int] = None,
-          local_path: Optional[Path] = None, retries: int, timeout_s: float, backoff_s: float,
-          progress: bool = True, param_hint: Optional[str] = None) -> Path:
+def fetch(urls: Sequence[str], dest: Path, *, md5: str | None = None,
+          sha1: str | None = None, sha256: str | None = None, size: int | None = None,
+          local_path: Path | None = None, retries: int, timeout_s: float, backoff_s: float,
+          progress: bool = True, param_hint: str | None = None) -> Path:
     """Fetch one file to ``dest`` and verify it.
 
     Args:
@@ -234,8 +216,8 @@ def fetch(urls: Sequence[str], dest: Path, *, md5: Optional[str] = None,
 
 
 def fetch_archives(archives: Mapping[str, ArchiveConfig], raw_dir: Path, *,
-                   cache_dir: Optional[Path], progress: bool, retries: int, timeout_s: float,
-                   backoff_s: float, param_prefix: Optional[str] = None) -> dict[str, Path]:
+                   cache_dir: Path | None, progress: bool, retries: int, timeout_s: float,
+                   backoff_s: float, param_prefix: str | None = None) -> dict[str, Path]:
     """Fetch and verify every archive of a dataset into ``raw_dir/<filename>``.
 
     With ``cache_dir`` the verified file lives in ``cache_dir/<filename>`` (shared across

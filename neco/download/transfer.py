@@ -3,7 +3,7 @@
 ``neco.download.fetch.fetch`` decides *whether* to retry from the two exception types raised here:
 ``FatalError`` (unknown host, connection refused by a remote host, 4xx except 408/429, HTML
 error pages, wrong announced size) and ``TransientError`` (timeouts, resets, 5xx, truncated
-bodies). Standard library only.
+bodies). Standard library plus ``tqdm`` for the progress bar.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import logging
 import socket
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +40,6 @@ class TransientError(Exception):
 def _looks_like_html(head: bytes) -> bool:
     start = head.lstrip()[:64].lower()
     return start.startswith(b"<!doctype html") or start.startswith(b"<html")
-
-
-class _Progress:
-    """tqdm bar when available, else a throttled stderr line; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: Optional[int], initial: int, name: str) -> None:
-        self.bar: Any = None
-        self.enabled, self.total, self.n, self.name, self.last = enabled, total, initial, name, 0.0
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True,
-                                desc=name, file=sys.stderr, leave=False)
-            except ImportError:
-                self.bar = None
-
-    def update(self, n: int) -> None:
-        self.n += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last > 1.0:
-            self.last = time.monotonic()
-            total = f"/{self.total / 1e6:.1f}" if self.total else ""
-            print(f"\r{self.name}: {self.n / 1e6:.1f}{total} MB", end="", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            print(file=sys.stderr)
 
 
 def classify_error(url: str, err: BaseException) -> Exception:
@@ -110,7 +80,7 @@ def _open(url: str, offset: int, timeout_s: float) -> Any:
         raise classify_error(url, err) from err
 
 
-def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: Optional[int],
+def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: int | None,
              timeout_s: float, progress: bool) -> None:
     """Append the body of ``url`` to ``part``, resuming from its length with ``Range``.
 
@@ -156,10 +126,11 @@ def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: Optional[in
         remaining = int(length) if length is not None and length.isdigit() else None
         if size is not None and remaining is not None and offset + remaining != size:
             raise FatalError(f"server announces {offset + remaining} bytes, expected {size}")
-        bar = _Progress(progress, size or (offset + remaining if remaining else None), offset,
-                        part.name[: -len(".part")])
+        total = size or (offset + remaining if remaining else None)
         got, first = 0, offset == 0
-        try:
+        with tqdm(total=total, initial=offset, unit="B", unit_scale=True,
+                  desc=part.name[: -len(".part")], file=sys.stderr, leave=False,
+                  disable=not progress) as bar:
             with open(part, "ab") as out:
                 while True:
                     try:
@@ -179,8 +150,6 @@ def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: Optional[in
                         h.update(block)
                     got += len(block)
                     bar.update(len(block))
-        finally:
-            bar.close()
         if remaining is not None and got < remaining:
             raise TransientError(f"truncated body: got {offset + got} of {offset + remaining} "
                                  "bytes")

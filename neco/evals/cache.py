@@ -15,7 +15,9 @@ import torch
 from neco.io import atomic_path, is_rank_zero
 
 
-def save_features(path: Path, *, tokens: torch.Tensor, ids: list[str], meta: dict[str, Any]) -> None:
+def save_features(
+    path: Path, *, tokens: torch.Tensor, ids: list[str], meta: dict[str, Any]
+) -> None:
     """Atomically write cached tokens with their ids and settings."""
     if not is_rank_zero():
         return
@@ -33,7 +35,13 @@ def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tenso
         raise FileNotFoundError(f"{path}: cached features not found (run the features stage)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if list(blob["ids"]) != list(ids):
-        raise ValueError(f"{path}: cached ids differ from the dataset split ({len(blob['ids'])} vs {len(ids)})")
+        raise ValueError(
+            f"{path}: cached ids differ from the dataset split"
+            f" ({len(blob['ids'])} vs {len(ids)})"
+        )
     if int(blob["meta"]["input_size"]) != input_size:
-        raise ValueError(f"{path}: cached at input size {blob['meta']['input_size']}, expected {input_size}")
-    return blob["tokens"]
+        raise ValueError(
+            f"{path}: cached at input size {blob['meta']['input_size']}, expected {input_size}"
+        )
+    tokens: torch.Tensor = blob["tokens"]
+    return tokens

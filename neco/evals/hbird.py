@@ -29,6 +29,7 @@ from neco.config.evals import (
     MemoryIgnore,
     NnBackend,
 )
+from neco.config.sections import EvalRuntime
 from neco.data.types import SegDataset
 from neco.evals.extract import extract_val_features, load_masks
 from neco.evals.extractor import FeatureExtractor
@@ -54,9 +55,9 @@ def _validate(cfg: HbirdConfig, patch: int) -> None:
         raise ValueError(f"hbird.input_size={cfg.input_size} is not divisible by patch {patch}")
     if cfg.matching not in (Matching.hungarian, Matching.identity):
         raise ValueError(f"hbird.matching must be hungarian or identity, got {cfg.matching.value}")
-    if cfg.k < 1 or cfg.temperature <= 0 or cfg.augmentation_epochs < 1 or cfg.batch_size < 1:
+    if cfg.k < 1 or cfg.temperature <= 0 or cfg.augmentation_epochs < 1:
         raise ValueError(
-            "hbird: k, augmentation_epochs, batch_size must be >= 1 and temperature > 0"
+            "hbird: k and augmentation_epochs must be >= 1 and temperature > 0"
         )
     if not 0 <= cfg.jitter.hue <= 0.5:
         raise ValueError(f"hbird.jitter.hue must be in [0, 0.5], got {cfg.jitter.hue}")
@@ -97,6 +98,7 @@ def _run(
     subsets: Subsets | None,
     device: torch.device,
     n_keep: int,
+    runtime: EvalRuntime,
     num_workers: int,
 ) -> tuple[HbirdRun, str, torch.Tensor]:
     """One memory (fraction, subset seed): build, search, score. Returns the run record, the
@@ -112,6 +114,7 @@ def _run(
         device=device,
         seed=seed,
         run_seed=run_seed,
+        batch_size=runtime.hbird_batch_size,
         num_workers=num_workers,
     )
     t1 = time.perf_counter()
@@ -119,8 +122,8 @@ def _run(
         bank.keys,
         backend=cfg.nn,
         ann=cfg.ann,
-        query_chunk=cfg.query_chunk,
-        key_chunk=cfg.key_chunk,
+        query_chunk=runtime.hbird_query_chunk,
+        key_chunk=runtime.hbird_key_chunk,
         seed=run_seed,
     )
     t2 = time.perf_counter()
@@ -131,7 +134,7 @@ def _run(
         gt,
         k=cfg.k,
         temperature=cfg.temperature,
-        batch_size=cfg.batch_size,
+        batch_size=runtime.hbird_batch_size,
         ignore_index=ignore,
         device=device,
         n_keep=n_keep,
@@ -146,8 +149,8 @@ def _run(
             k=cfg.k,
             samples=cfg.recall_samples,
             generator=derived_generator(seed, "hbird-recall", run_seed),
-            query_chunk=cfg.query_chunk,
-            key_chunk=cfg.key_chunk,
+            query_chunk=runtime.hbird_query_chunk,
+            key_chunk=runtime.hbird_key_chunk,
         )
     t4 = time.perf_counter()
     scores = {
@@ -209,6 +212,7 @@ def hummingbird(
     *,
     device: torch.device,
     seed: int,
+    runtime: EvalRuntime,
     query_features: torch.Tensor | None = None,
     subsets: Subsets | None = None,
     progress: Progress | None = None,
@@ -225,6 +229,8 @@ def hummingbird(
         query_ds: query (val) split.
         cfg: settings.
         device: extractor, bank and search device.
+        runtime: batch and search-block sizes and the number of figure examples (speed and
+            figures only).
         seed: protocol seed, combined with each run's subset seed for augmentation, sampling and
             recall sampling.
         query_features: cached float32 ``(N_q, s*s, D)`` tokens of ``query_ds`` computed with
@@ -254,7 +260,7 @@ def hummingbird(
             query_ds,
             input_size=cfg.input_size,
             image_std=cfg.image_std,
-            batch_size=cfg.batch_size,
+            batch_size=runtime.hbird_batch_size,
             device=device,
             autocast=cfg.autocast,
             num_workers=num_workers,
@@ -267,10 +273,10 @@ def hummingbird(
     gt = load_masks(
         QueryMask(query_ds, cfg.input_size),
         len(query_ds),
-        batch_size=cfg.batch_size,
+        batch_size=runtime.hbird_batch_size,
         num_workers=num_workers,
     )
-    n_keep = min(cfg.n_examples, len(query_ds))
+    n_keep = min(runtime.figure_examples, len(query_ds))
     fractions, nn_names = [], []
     examples: tuple[Example, ...] = ()
     for label in cfg.fractions:
@@ -289,6 +295,7 @@ def hummingbird(
                 subsets=subsets,
                 device=device,
                 n_keep=0 if examples else n_keep,
+                runtime=runtime,
                 num_workers=num_workers,
             )
             if not examples and n_keep:

@@ -215,6 +215,7 @@ def build_memory(
     device: torch.device,
     seed: int,
     run_seed: int,
+    batch_size: int,
     num_workers: int,
 ) -> MemoryBank:
     """Build the key/label bank of memory images ``indices`` of ``ds`` (evaluation.md §4.3).
@@ -227,6 +228,7 @@ def build_memory(
         device: extractor and bank device.
         seed: protocol seed; with ``run_seed`` it keys every view's generator.
         run_seed: the low-shot subset seed of this run.
+        batch_size: images per extractor forward (speed only).
         num_workers: loader workers (speed only).
 
     Returns:
@@ -255,7 +257,7 @@ def build_memory(
     keys_order = [(e, i) for e in range(cfg.augmentation_epochs) for i in indices]
     filled = 0
     for images, masks, u in iterate_batches(
-        item, chunks(keys_order, cfg.batch_size, drop_last=False), num_workers=num_workers
+        item, chunks(keys_order, batch_size, drop_last=False), num_workers=num_workers
     ):
         tokens = run_extractor(extractor, images, autocast=cfg.autocast, device=device)
         counts = patch_histograms(

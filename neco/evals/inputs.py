@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from neco.figures import plot_cluster_maps, plot_hbird, plot_linear
+
 _SUBSET_FILE = re.compile(r"^(?P<name>.+)_(?P<div>\d+)_(?P<seed>\d+)\.txt$")
 
 
@@ -39,7 +41,7 @@ def hbird_subsets(prepared_root: Path) -> dict[str, dict[int, list[str]]]:
 def draw_figure(protocol: str, results: Mapping[str, Any], *, class_names: list[str],
                 ignore_index: int, out: Path) -> None:
     """One picture per protocol from the results' ``examples`` (all models side by side)."""
-    from neco.report.figures import plot_cluster_maps, plot_hbird, plot_linear
+
 
     models = list(results)
     first = results[models[0]].examples

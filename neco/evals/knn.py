@@ -10,14 +10,13 @@ faiss is imported lazily, only when a faiss index is built.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from neco.config.evals import AnnConfig, NnBackend
+from neco.method.precision import no_tf32
 
 
 class KnnIndex(Protocol):
@@ -29,19 +28,6 @@ class KnnIndex(Protocol):
         """Top-k by inner product: float32 ``(Q, k)`` scores (descending) and int64 ``(Q, k)`` rows,
         on the device of ``queries``."""
         ...
-
-
-@contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """Disable TF32 in matmuls and convolutions inside the block; restore the flags on exit."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def _check_k(k: int, num_keys: int) -> None:
@@ -66,7 +52,7 @@ def exact_topk_torch(
     """
     _check_k(k, keys.shape[0])
     out_s, out_i = [], []
-    with strict_fp32():
+    with no_tf32():
         for q0 in range(0, queries.shape[0], query_chunk):
             q = queries[q0 : q0 + query_chunk]
             best_s = q.new_empty((q.shape[0], 0))

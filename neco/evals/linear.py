@@ -165,6 +165,7 @@ def linear_probe(
     *,
     device: torch.device,
     seed: int,
+    figure_examples: int,
     val_features: torch.Tensor | None = None,
     progress: Progress | None = None,
     num_workers: int = 0,
@@ -178,6 +179,7 @@ def linear_probe(
         cfg: settings.
         device: where the head trains and the extractor runs.
         seed: drives head init, shuffling, crops and flips (explicit generators only).
+        figure_examples: val images kept as figure examples (not serialised).
         val_features: cached float32 ``(N_val, s*s, D)`` tokens of ``val_ds`` at ``input_size``
             (correct std, fp32), dataset order; extracted here when None.
         progress: optional callback receiving one dict per epoch.
@@ -311,7 +313,7 @@ def linear_probe(
     head.load_state_dict(chosen[2])
     head.eval()
     examples = []
-    n_ex = min(cfg.n_examples, n_val)
+    n_ex = min(figure_examples, n_val)
     if n_ex:
         preds = (
             _predict(head, val_features[:n_ex], cfg, grid, device).cpu().numpy().astype(np.uint8)

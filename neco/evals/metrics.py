@@ -11,7 +11,6 @@ Reference semantics: NeCo ``experiments/utils.py:PredsmIoU`` and open-hummingbir
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,12 +130,6 @@ def many_to_one_precision_mapping(confusion: np.ndarray) -> np.ndarray:
     return out
 
 
-def many_to_one_iou_mapping(confusion: np.ndarray) -> np.ndarray:
-    """Each predicted id maps to the class of highest IoU (training monitor only, §5)."""
-    out: np.ndarray = iou_matrix(confusion).argmax(axis=0).astype(np.int64)
-    return out
-
-
 def mapping_for(confusion: np.ndarray, matching: Matching) -> np.ndarray:
     """The mapping ``m(q)`` of rule ``matching`` for a ``(C, Q)`` confusion, int64 ``(Q,)``.
 
@@ -152,8 +145,6 @@ def mapping_for(confusion: np.ndarray, matching: Matching) -> np.ndarray:
         return hungarian_mapping(confusion)
     if matching is Matching.many_to_one_precision:
         return many_to_one_precision_mapping(confusion)
-    if matching is Matching.many_to_one_iou:
-        return many_to_one_iou_mapping(confusion)
     raise ValueError(f"unknown matching {matching!r}")
 
 
@@ -214,19 +205,3 @@ def score_confusion(
         mean_classes=classes,
         variants=variants,
     )
-
-
-def matching_variants(
-    confusion: np.ndarray | torch.Tensor,
-    *,
-    matchings: Sequence[Matching],
-    ignore_index: int,
-    mean_over: MeanOver,
-) -> dict[str, float]:
-    """mIoU of the same confusion under several mapping rules, keyed by rule name."""
-    return {
-        m.value: score_confusion(
-            confusion, matching=m, ignore_index=ignore_index, mean_over=mean_over
-        ).miou
-        for m in matchings
-    }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from neco.config import EvalConfig, TrainConfig
 from neco.models.export import load_exported
 from neco.models.vit import Backbone, FrozenExtractor, load_neco_checkpoint
 
@@ -40,13 +41,17 @@ def load_eval_backbone(
     init_dir: Path | None = None,
 ) -> Backbone:
     """Load the backbone of an eval model, strictly."""
-    path = model_weights_path(model, models_dir=models_dir, checkpoint=checkpoint, init_dir=init_dir)
+    path = model_weights_path(
+        model, models_dir=models_dir, checkpoint=checkpoint, init_dir=init_dir
+    )
     if not path.is_file():
         key = "eval.checkpoint" if (model == "neco" and checkpoint) else "the train stage output"
         raise FileNotFoundError(f"{path}: weights of eval model {model!r} not found (from {key})")
     if path.suffix == ".ckpt":
 
-        return load_neco_checkpoint(path, backbone, which=checkpoint_key, pos_embed_interp=pos_embed_interp)
+        return load_neco_checkpoint(
+            path, backbone, which=checkpoint_key, pos_embed_interp=pos_embed_interp
+        )
     return load_exported(path, backbone, pos_embed_interp=pos_embed_interp)
 
 
@@ -58,3 +63,18 @@ def eval_device() -> torch.device:
 def extractor_for(backbone: Backbone, device: torch.device) -> FrozenExtractor:
     """A frozen fp32 feature extractor on ``device``."""
     return FrozenExtractor(backbone.to(device))
+
+
+def load_for_eval(
+    model: str, train: TrainConfig, ev: EvalConfig, *, models_dir: Path, init_dir: Path
+) -> Backbone:
+    """:func:`load_eval_backbone` with the ``train``/``eval`` params that select the weights."""
+    return load_eval_backbone(
+        model,
+        backbone=train.backbone,
+        models_dir=models_dir,
+        checkpoint=ev.checkpoint,
+        checkpoint_key=ev.checkpoint_key,
+        pos_embed_interp=train.pos_embed_interp,
+        init_dir=init_dir,
+    )

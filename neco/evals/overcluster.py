@@ -144,6 +144,7 @@ def cluster_eval(
     cfg: ClusterConfig,
     *,
     grid: int,
+    figure_examples: int,
     progress: Progress | None = None,
 ) -> ClusterResult:
     """Cluster val patch tokens and score them against the val GT (evaluation.md §3.2).
@@ -157,6 +158,7 @@ def cluster_eval(
         val_ds: the val split (GT, class names, ignore index).
         cfg: settings.
         grid: token grid side s.
+        figure_examples: val images kept as figure examples (not serialised).
         progress: optional callback, one dict per (K, seed).
 
     Returns:
@@ -190,7 +192,7 @@ def cluster_eval(
     pca_dim = min(cfg.pca_dim, dim, n_points)
     x, n_pca_train = pca_reduce(standardise(feats).numpy(), pca_dim, cfg.pca_max_points_per_d)
     mean_over = cfg.metric.ade20k_mean_over
-    n_ex = min(cfg.n_examples, n_img)
+    n_ex = min(figure_examples, n_img)
     example_maps: dict[str, np.ndarray] = {}
 
     results = []

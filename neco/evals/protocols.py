@@ -1,4 +1,5 @@
-"""The registry of dense evaluation protocols (evaluation.md): linear probe, clustering, Hummingbird.
+"""The registry of dense evaluation protocols (evaluation.md): linear probe, clustering and
+Hummingbird.
 
 ``PROTOCOLS`` maps a protocol name (the ``eval.<name>`` params section and the metrics directory)
 to its run function and its config dataclass. Every protocol is a pure function over a feature

@@ -7,27 +7,28 @@ pixels (evaluation.md §1.4), so the ops are named after what they reproduce:
 * torch ``F.interpolate(mode='nearest')`` (source ``floor(x·r)``) and ``'nearest-exact'``.
 
 Randomness never touches the global RNG: :func:`derived_generator` builds a ``torch.Generator``
-from integer keys such as ``(seed, epoch, image index)``, and the random ops replay torchvision's
-draw sequence (``RandomResizedCrop.get_params``, ``RandomApply(ColorJitter)``,
-``RandomHorizontalFlip``) on that generator, so with equal generator state they return exactly
-what torchvision returns from the global RNG.
+from integer keys such as ``(seed, epoch, image index)``. The crop and jitter ops call
+torchvision's own ``RandomResizedCrop.get_params`` and ``ColorJitter`` inside :func:`on_generator`,
+which runs torchvision's global-RNG draws on that generator's stream (and advances it) while the
+global RNG is forked and left as it was; so with equal generator state they return exactly what
+torchvision returns from the global RNG.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
 from neco.config.evals import ImageStd, JitterConfig, MaskResize
 from neco.method.augment import IMAGENET_MEAN, IMAGENET_STD
-from neco.method.crops import fallback_crop
 
 # Hummingbird's std typo (0.255 for blue), present in every HB version (evaluation.md §1.3).
 HBIRD_TYPO_STD: tuple[float, float, float] = (0.229, 0.224, 0.255)
@@ -113,6 +114,23 @@ def torch_resize_mask(mask: torch.Tensor, size: int, mode: MaskResize) -> torch.
     return mask[..., rows[:, None], cols[None, :]]
 
 
+@contextlib.contextmanager
+def on_generator(generator: torch.Generator) -> Iterator[None]:
+    """Run the global-RNG draws of the block (torchvision's) on ``generator``'s stream.
+
+    Inside ``torch.random.fork_rng(devices=[])``, the CPU global RNG is loaded with ``generator``'s
+    state, and on exit ``generator`` takes the advanced state: the block's draws are exactly the
+    draws it would make from ``generator`` directly, later draws from ``generator`` continue the
+    same stream, and the global RNG is restored. Loading the state rather than calling
+    ``torch.manual_seed`` keeps the CUDA generators untouched (``manual_seed`` reseeds them too,
+    outside what ``fork_rng(devices=[])`` restores).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(generator.get_state())
+        yield
+        generator.set_state(torch.random.get_rng_state())
+
+
 def random_resized_crop_params(
     height: int,
     width: int,
@@ -120,29 +138,16 @@ def random_resized_crop_params(
     ratio: Sequence[float],
     generator: torch.Generator,
 ) -> tuple[int, int, int, int]:
-    """``RandomResizedCrop.get_params`` of torchvision, drawn from ``generator``.
-
-    Ten tries of area fraction ~ U[scale] and log-ratio ~ U[log ratio]; then a centre crop of
-    the whole image with the ratio clamped to ``ratio`` (the fallback that scale > 1 triggers).
+    """torchvision's ``RandomResizedCrop.get_params`` for a ``height × width`` image, drawn from
+    ``generator`` (ten tries, then the centre fallback that scale > 1 triggers).
 
     Returns:
         ``(i, j, h, w)``: top, left, height, width.
     """
-    area = height * width
-    log_ratio = torch.log(torch.tensor(list(ratio)))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
-        aspect = torch.exp(
-            torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=generator)
-        ).item()
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
-            j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
-            return i, j, h, w
-    x, y, w, h = fallback_crop(width, height, (float(ratio[0]), float(ratio[1])))
-    return y, x, h, w
+    shape_only = torch.empty(0, height, width)  # get_params reads only the image dimensions
+    with on_generator(generator):
+        i, j, h, w = T.RandomResizedCrop.get_params(shape_only, list(scale), list(ratio))
+    return int(i), int(j), int(h), int(w)
 
 
 def flip_draw(p: float, generator: torch.Generator) -> bool:
@@ -153,25 +158,25 @@ def flip_draw(p: float, generator: torch.Generator) -> bool:
 def color_jitter(
     image: torch.Tensor, cfg: JitterConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """Hummingbird jitter on a uint8 ``(3, H, W)`` tensor.
+    """Hummingbird jitter on a uint8 ``(3, H, W)`` tensor, drawn from ``generator``.
 
-    Replays ``[RandomApply([ColorJitter(brightness=b)], p), ... contrast, saturation, hue]``:
-    per op one ``rand(1)`` (skip if ``p < u``), then ``randperm(4)`` and the factor draw.
+    ``[RandomApply([ColorJitter(brightness=b)], p), ... contrast, saturation, hue]``: per op one
+    ``rand(1)``, skipped if ``p < u``, else torchvision's ``ColorJitter`` (its ``randperm(4)``
+    and, unless the strength is 0, the factor draw). The apply decision compares ``u`` as a
+    Python float: ``RandomApply`` compares the float32 tensor, i.e. with ``float32(p)``, which
+    differs (with probability 2⁻²⁴) for a ``p`` such as 0.8 whose float32 rounds up; 0.5 is exact.
     """
     ops = (
-        (cfg.brightness, TF.adjust_brightness, False),
-        (cfg.contrast, TF.adjust_contrast, False),
-        (cfg.saturation, TF.adjust_saturation, False),
-        (cfg.hue, TF.adjust_hue, True),
+        T.ColorJitter(brightness=cfg.brightness),
+        T.ColorJitter(contrast=cfg.contrast),
+        T.ColorJitter(saturation=cfg.saturation),
+        T.ColorJitter(hue=cfg.hue),
     )
-    for strength, fn, is_hue in ops:
-        if cfg.p < torch.rand(1, generator=generator).item():
-            continue
-        torch.randperm(4, generator=generator)  # ColorJitter's op-order draw (one op here)
-        if strength == 0:  # torchvision turns a zero-strength op off: no factor draw
-            continue
-        lo, hi = (-strength, strength) if is_hue else (max(0.0, 1.0 - strength), 1.0 + strength)
-        image = fn(image, float(torch.empty(1).uniform_(lo, hi, generator=generator)))
+    with on_generator(generator):
+        for op in ops:
+            if cfg.p < torch.rand(1).item():
+                continue
+            image = op(image)
     return image
 
 

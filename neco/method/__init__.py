@@ -13,5 +13,6 @@ and the student all crops, each through its ``heads.py`` projection head; ``roi.
 differentiable sorting network of ``sorting.py`` (comparator layouts in ``sorting_networks.py``)
 and takes the cross-entropy between the teacher's and the student's soft permutation matrices
 (``loss_from_maps`` is the whole loss). ``optim.py`` builds the four AdamW groups and applies
-``trainable_blocks``. This package imports only ``neco.config`` (its schemas) and ``neco.io``.
+``trainable_blocks``; ``precision.py`` holds the TF32-off context the loss (and the exact kNN
+search of the evaluation) run under. This package imports only ``neco.config`` and ``neco.io``.
 """

@@ -74,7 +74,9 @@ def color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) ->
     return img
 
 
-def photometric(img: Image.Image, params: PhotometricParams, rng: np.random.Generator) -> Image.Image:
+def photometric(
+    img: Image.Image, params: PhotometricParams, rng: np.random.Generator
+) -> Image.Image:
     """Apply NeCo's photometric augmentation to one RGB crop."""
     if rng.random() < 0.8:
         img = color_jitter(img, params.jitter_strength, rng)
@@ -89,7 +91,8 @@ def photometric(img: Image.Image, params: PhotometricParams, rng: np.random.Gene
 def to_normalised_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB -> float32 ``(3, H, W)`` normalised with the ImageNet mean and std."""
     t = TF.to_tensor(img)
-    return TF.normalize(t, IMAGENET_MEAN, IMAGENET_STD)
+    normalised: torch.Tensor = TF.normalize(t, IMAGENET_MEAN, IMAGENET_STD)
+    return normalised
 
 
 def cut_crop(img: Image.Image, box: np.ndarray, size: int) -> Image.Image:
@@ -100,7 +103,7 @@ def cut_crop(img: Image.Image, box: np.ndarray, size: int) -> Image.Image:
     where its filter support reaches pixels outside the box.
     """
     x, y, w, h = (int(v) for v in box)
-    return img.crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR)
+    return img.crop((x, y, x + w, y + h)).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def make_views(
@@ -126,7 +129,7 @@ def make_views(
         ``C`` normalised tensors ``(3, s_c, s_c)``.
     """
     views = []
-    for view, (box, size) in enumerate(zip(boxes, sizes)):
+    for view, (box, size) in enumerate(zip(boxes, sizes, strict=True)):
         crop = cut_crop(img, box, int(size))
         crop = photometric(crop, params, sample_rng(seed, epoch, index, view))
         views.append(to_normalised_tensor(crop))

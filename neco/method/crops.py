@@ -213,7 +213,8 @@ def to_frame(boxes: np.ndarray, rects: np.ndarray, out_size: np.ndarray) -> np.n
     s = np.asarray(out_size, dtype=np.float64)[..., None]
     origin = np.concatenate([r[..., :2], r[..., :2]], axis=-1)
     extent = np.concatenate([r[..., 2:], r[..., 2:]], axis=-1)
-    return (np.asarray(boxes, dtype=np.float64) - origin) * s / extent
+    framed: np.ndarray = (np.asarray(boxes, dtype=np.float64) - origin) * s / extent
+    return framed
 
 
 def from_frame(boxes: np.ndarray, rects: np.ndarray, out_size: np.ndarray) -> np.ndarray:
@@ -222,7 +223,8 @@ def from_frame(boxes: np.ndarray, rects: np.ndarray, out_size: np.ndarray) -> np
     s = np.asarray(out_size, dtype=np.float64)[..., None]
     origin = np.concatenate([r[..., :2], r[..., :2]], axis=-1)
     extent = np.concatenate([r[..., 2:], r[..., 2:]], axis=-1)
-    return np.asarray(boxes, dtype=np.float64) * extent / s + origin
+    pixels: np.ndarray = np.asarray(boxes, dtype=np.float64) * extent / s + origin
+    return pixels
 
 
 def overlap_boxes(

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from neco.config.method import LossConfig, Similarity
+from neco.method.precision import no_tf32
 from neco.method.references import ReferenceQueue, inbatch_references, select_push_tokens
 from neco.method.roi import align_pairs, pair_order
 from neco.method.sorting import soft_sort
@@ -69,12 +70,13 @@ def validate_loss_config(cfg: LossConfig, batch_size: int) -> None:
     if not cfa or len(set(cfa)) != len(cfa) or min(cfa) < 0:
         raise bad(f"{_KEY}.crops_for_assign = {cfa}: expected distinct crop indices >= 0")
     if cfg.queue:
-        if cfg.queue_length < 1 or cfg.queue_push_per_image < 1:
+        length, push = cfg.queue_length, cfg.queue_push_per_image
+        if length is None or push is None or length < 1 or push < 1:
             raise bad(
                 f"{_KEY}.queue_length = {cfg.queue_length}, {_KEY}.queue_push_per_image = "
                 f"{cfg.queue_push_per_image}: expected both >= 1 in queue mode"
             )
-        if batch_size * cfg.n_refs > cfg.queue_length:
+        if batch_size * cfg.n_refs > length:
             raise bad(
                 f"{_KEY}.n_refs = {cfg.n_refs} times train.batch_size = {batch_size} (per device)"
                 f" = {batch_size * cfg.n_refs} references exceed {_KEY}.queue_length = "
@@ -84,14 +86,9 @@ def validate_loss_config(cfg: LossConfig, batch_size: int) -> None:
 
 @contextlib.contextmanager
 def _strict_fp32(device_type: str) -> Iterator[None]:
-    """Autocast off and full-precision fp32 matmuls (no TF32) inside the block (D3)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        with torch.autocast(device_type=device_type, enabled=False):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
+    """Autocast off and full-precision fp32 (:func:`no_tf32`) inside the block (D3)."""
+    with no_tf32(), torch.autocast(device_type=device_type, enabled=False):
+        yield
 
 
 def _common_fp32(*xs: torch.Tensor) -> list[torch.Tensor]:
@@ -265,12 +262,18 @@ def loss_from_maps(
                 f"loss_from_maps: {_KEY}.queue is true; expected a ReferenceQueue with "
                 f"{len(cfa)} banks, got {queue if queue is None else queue.num_banks}"
             )
+        per_image = cfg.queue_push_per_image
+        if per_image is None:
+            raise ValueError(
+                f"loss_from_maps: {_KEY}.queue_push_per_image is null; resolve it from the "
+                "backbone recipe first (neco.train.module.effective_loss_config)"
+            )
         for a, t in enumerate(teacher_maps):
             queue.push(
                 a,
                 select_push_tokens(
                     t,
-                    per_image=cfg.queue_push_per_image,
+                    per_image=per_image,
                     queue_length=queue.queue_length,
                     generator=generator,
                 ),

@@ -81,7 +81,7 @@ def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float) -> N
 
 
 def apply_trainable_blocks(
-    blocks: nn.ModuleList, backbone: nn.Module, spec: int | Sequence[int] | None
+    blocks: nn.ModuleList | nn.Sequential, backbone: nn.Module, spec: int | Sequence[int] | None
 ) -> list[int]:
     """Set ``requires_grad`` on the backbone per ``train.trainable_blocks`` (method.md §4).
 

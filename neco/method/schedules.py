@@ -1,4 +1,5 @@
-"""EMA teacher update and the per-step cosine schedules of lr, weight decay and momentum (method.md §10, §11).
+"""EMA teacher update and the per-step cosine schedules of lr, weight decay and momentum
+(method.md §10, §11).
 
 Paper: https://arxiv.org/abs/2408.11054 (official code: https://github.com/vpariza/NeCo).
 Schedule and decay rule follow DINO (https://github.com/facebookresearch/dino, ``utils.py``).

@@ -197,9 +197,9 @@ def build_network(network: SortNetwork, size: int) -> NetworkPlan:
     return plan
 
 
-# Tensor layout used by neco.method.sorting: a wire-major tensor ``t[wire, ...]`` (values ``(n', R)``,
-# permutation ``(n', width, R)`` with ``width = plan.in_width(group)``), so that every segment
-# becomes two strided views and the layers update in place. The permutation is stored
+# Tensor layout used by neco.method.sorting: a wire-major tensor ``t[wire, ...]`` (values
+# ``(n', R)``, permutation ``(n', width, R)`` with ``width = plan.in_width(group)``), so that every
+# segment becomes two strided views and the layers update in place. The permutation is stored
 # block-diagonally: wire ``w`` of group ``g = w // group`` keeps only the input columns of its
 # own group, local column ``t`` being padded input ``plan.in_base(group, g) + t``.
 

@@ -9,7 +9,6 @@ about a second of the stage starting, naming the URL and the ``train.weights`` o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from neco.config import ConfigError
 from neco.models.fetch import resolve_weights_file, weights_cache_dir
@@ -27,8 +26,8 @@ class WeightsParams:
     """
 
     backbone: str
-    weights: Optional[str]
-    weights_cache: Optional[str]
+    weights: str | None
+    weights_cache: str | None
 
 
 def initial_weights_source(params: WeightsParams, *, progress: bool) -> str:
@@ -40,13 +39,18 @@ def initial_weights_source(params: WeightsParams, *, progress: bool) -> str:
             naming the URL, the cache path and ``train.weights``).
     """
     if params.backbone not in BACKBONES:
-        raise ConfigError(f"train.backbone: unknown backbone {params.backbone!r}; registered: {sorted(BACKBONES)}")
+        raise ConfigError(
+            f"train.backbone: unknown backbone {params.backbone!r}; registered: {sorted(BACKBONES)}"
+        )
     if params.weights is not None:
         return params.weights
     spec = BACKBONES[params.backbone]
     if spec.weights.kind is SourceKind.RANDOM:
         return "random"
     path = resolve_weights_file(
-        params.backbone, spec.weights, cache_dir=weights_cache_dir(params.weights_cache), progress=progress
+        params.backbone,
+        spec.weights,
+        cache_dir=weights_cache_dir(params.weights_cache),
+        progress=progress,
     )
     return str(path)

@@ -1,10 +1,37 @@
-"""The backbone registry as data: architecture, weight source and key map per name.
+"""The backbone registry as data: one entry per backbone name holds everything about it.
 
-Sources: method.md §12 and evaluation.md §6 (DINOv2 and DINO URLs). ``dino_vitb16``'s URL is
-the DINO README's full-checkpoint link (same pattern as ViT-S/16; not in the spec). No public
+Each :class:`BackboneSpec` carries the architecture (timm name and arguments, patch size,
+registers), the initial-weight source and its key map, the training :class:`Recipe` and the
+paper's labels (:class:`PaperLabels`), the timm ``default_cfg`` idea: adding a backbone is one
+entry in ``_ENTRIES``. Consumers read it: ``neco.models.vit`` builds the model,
+``neco.models.recipes`` resolves the recipe against params, ``neco.report.paper`` looks up the
+published numbers. This module is a leaf (it imports nothing from ``neco``).
+
+Weight sources: method.md §12 and evaluation.md §6 (DINOv2 and DINO URLs). ``dino_vitb16``'s URL
+is the DINO README's full-checkpoint link (same pattern as ViT-S/16; not in the spec). No public
 URL is known to the spec for iBOT, CrIBo, TimeT and Leopart: they need a local file
 (``train.weights``). No checksum is published for any of these files (``sha256=None``); every
 load report records the sha256 of the file actually loaded.
+
+Recipes (method.md §12, the D1 defaults): ``experiments/configs/models/{small,base}/*.yml`` of
+``vpariza/NeCo`` @ ``3932160`` (the ``config`` field). Entries without a released config say so:
+
+* ``dinov2_vitb14`` lr 5e-6 / ``*_reg`` and ``*_xr`` ViT-B lr 1e-6: as released (method.md §12);
+* ``dino_vitb16``, ``ibot_*``, ``cribo_*``: no released config; presumed ``neco_dino.yml`` with
+  other weights (unverified; method.md §12). ViT-B/16 keeps B = 45 (unverified);
+* ``vit_tiny_demo``: project CPU demo (112 px globals / 48 px locals, 3x3 local tokens).
+
+``queue_length`` keeps the official constructor value 8192 where the queue is off (unused).
+
+Paper labels (method.md §12-§13; ``neco.report.paper`` documents the lookup):
+
+* ``dinov2_vit{s,b}14_xr`` is the paper's "NeCo (DINOv2R)": init rows "DINOv2R", NeCo rows
+  "NeCo" (Tables 1a, 2, Figure 2), then the README's "NeCo on DINOv2R-XR".
+* ``dinov2_vit{s,b}14_reg`` (true registers): init "DINOv2R" (presumed, unverified), NeCo only
+  the README's "NeCo on DINOv2R"; ``dinov2_vit{s,b}14``: NeCo only the README's "NeCo on DINOv2".
+* ViT-S/16 backbones (``dino``, ``timetuning``, ``leopart``): init rows by method name, NeCo
+  rows from Table 3 ("NeCo (init: DINO)"), then the README ("NeCo on DINO").
+* Backbones the paper never evaluated (the demo, ViT-B/16, iBOT, CrIBo) have no labels.
 """
 
 from __future__ import annotations
@@ -75,6 +102,48 @@ RANDOM_SOURCE = WeightSource(
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """Backbone-specific training values (``params.yaml`` ``null`` = take these).
+
+    Attributes:
+        global_size: global crop side in px (518 DINOv2, 224 /16 backbones).
+        local_size: local crop side in px (98 official).
+        batch_size: images per step over all devices.
+        lr_backbone: AdamW lr of the backbone parameter groups.
+        epochs: training epochs.
+        queue: reference patches from the FIFO queue (DINOv2 family) or from the batch.
+        queue_length: slots per queue bank.
+        queue_push_per_image: teacher patches pushed per image and step.
+        config: provenance of the recipe.
+    """
+
+    global_size: int
+    local_size: int
+    batch_size: int
+    lr_backbone: float
+    epochs: int
+    queue: bool
+    queue_length: int
+    queue_push_per_image: int
+    config: str
+
+
+@dataclass(frozen=True)
+class PaperLabels:
+    """The paper's labels for one of our backbones (``paper_results.csv`` columns).
+
+    Attributes:
+        arch: the CSV ``backbone`` label, e.g. ``ViT-S/14``.
+        init: CSV ``method`` labels of the starting model, in lookup priority.
+        neco: CSV ``method`` labels of NeCo trained from it, in lookup priority.
+    """
+
+    arch: str
+    init: tuple[str, ...]
+    neco: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """One registered backbone.
 
@@ -90,6 +159,8 @@ class BackboneSpec:
         native_img_size: side in px of the pretraining grid (518, 224; 112 for the demo).
         weights: initial-weight source.
         key_map: format of the official weight file (:data:`neco.models.checkpoints.KEY_MAPS`).
+        recipe: training recipe (:mod:`neco.models.recipes` resolves it against params).
+        paper: the paper's labels, ``None`` if the paper never evaluated this backbone.
     """
 
     name: str
@@ -103,11 +174,14 @@ class BackboneSpec:
     native_img_size: int
     weights: WeightSource
     key_map: str
+    recipe: Recipe
+    paper: PaperLabels | None
 
 
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{m}/{m}{reg}_pretrain.pth"
 _DINO = "https://dl.fbaipublicfiles.com/dino/{m}_pretrain/{m}_pretrain_full_checkpoint.pth"
 _SPEC_V2 = "method.md §12, evaluation.md §6"
+_PRESUMED = "presumed models/small/neco_dino.yml (no released config; unverified)"
 
 
 def _v2(size: str, variant: str) -> BackboneSpec:
@@ -116,6 +190,14 @@ def _v2(size: str, variant: str) -> BackboneSpec:
     reg = "_reg4" if variant else ""
     arch = "small" if size == "s" else "base"
     timm_name = f"vit_{arch}_patch14_{'reg4_' if variant == 'reg' else ''}dinov2"
+    config_suffix = {"": "", "reg": "r", "xr": "r_xr"}[variant]
+    config = f"models/{arch}/neco_dinov2{config_suffix}.yml"
+    lr = 1e-5 if size == "s" else (5e-6 if variant == "" else 1e-6)
+    init, neco = {
+        "": ((), ("NeCo on DINOv2",)),
+        "reg": (("DINOv2R",), ("NeCo on DINOv2R",)),
+        "xr": (("DINOv2R",), ("NeCo", "NeCo on DINOv2R-XR")),
+    }[variant]
     return BackboneSpec(
         name=m + (f"_{variant}" if variant else ""),
         timm_name=timm_name,
@@ -128,11 +210,39 @@ def _v2(size: str, variant: str) -> BackboneSpec:
         native_img_size=518,
         weights=url_source(_DINOV2.format(m=m, reg=reg), note=_SPEC_V2),
         key_map={"": "dinov2", "reg": "dinov2_reg", "xr": "dinov2_xr"}[variant],
+        recipe=Recipe(
+            global_size=518,
+            local_size=98,
+            batch_size=64 if size == "s" else 16,
+            lr_backbone=lr,
+            epochs=25,
+            queue=True,
+            queue_length=8192,
+            queue_push_per_image=10,
+            config=config,
+        ),
+        paper=PaperLabels(f"ViT-{size.upper()}/14", init, neco),
     )
 
 
-def _v1(name: str, size: str, weights: WeightSource, key_map: str) -> BackboneSpec:
-    """A DINO-v1-architecture ViT-{S,B}/16 (qkv bias, LayerNorm eps 1e-6, no LayerScale)."""
+def _v1(
+    name: str,
+    size: str,
+    weights: WeightSource,
+    key_map: str,
+    *,
+    config: str = _PRESUMED,
+    paper_method: str | None = None,
+) -> BackboneSpec:
+    """A DINO-v1-architecture ViT-{S,B}/16 (qkv bias, LayerNorm eps 1e-6, no LayerScale).
+
+    ``paper_method``: the paper's name of the initialisation (``DINO``, ``TimeT``, ...), if the
+    paper evaluated it (Table 3 and the README).
+    """
+    paper = None
+    if paper_method is not None:
+        neco = (f"NeCo (init: {paper_method})", f"NeCo on {paper_method}")
+        paper = PaperLabels(f"ViT-{size.upper()}/16", (paper_method,), neco)
     return BackboneSpec(
         name=name,
         timm_name=f"vit_{'small' if size == 's' else 'base'}_patch16_224",
@@ -145,6 +255,18 @@ def _v1(name: str, size: str, weights: WeightSource, key_map: str) -> BackboneSp
         native_img_size=224,
         weights=weights,
         key_map=key_map,
+        recipe=Recipe(
+            global_size=224,
+            local_size=98,
+            batch_size=45,
+            lr_backbone=1e-5,
+            epochs=50,
+            queue=False,
+            queue_length=8192,
+            queue_push_per_image=10,
+            config=config,
+        ),
+        paper=paper,
     )
 
 
@@ -165,9 +287,28 @@ _ENTRIES = [
         native_img_size=112,
         weights=RANDOM_SOURCE,
         key_map="timm",
+        recipe=Recipe(
+            global_size=112,
+            local_size=48,
+            batch_size=16,
+            lr_backbone=1e-4,
+            epochs=10,
+            queue=True,
+            queue_length=2048,
+            queue_push_per_image=10,
+            config="project CPU demo (not a paper recipe)",
+        ),
+        paper=None,
     ),
     *(_v2(size, variant) for size in ("s", "b") for variant in ("", "reg", "xr")),
-    _v1("dino_vits16", "s", url_source(_DINO.format(m="dino_deitsmall16"), note=_SPEC_V2), "dino"),
+    _v1(
+        "dino_vits16",
+        "s",
+        url_source(_DINO.format(m="dino_deitsmall16"), note=_SPEC_V2),
+        "dino",
+        config="models/small/neco_dino.yml",
+        paper_method="DINO",
+    ),
     _v1(
         "dino_vitb16",
         "b",
@@ -180,8 +321,22 @@ _ENTRIES = [
     _v1("ibot_vitb16", "b", _local("iBOT ViT-B/16 checkpoint_teacher.pth"), "ibot"),
     _v1("cribo_vits16", "s", _local("CrIBo ViT-S/16 checkpoint"), "cribo"),
     _v1("cribo_vitb16", "b", _local("CrIBo ViT-B/16 checkpoint"), "cribo"),
-    _v1("timetuning_vits16", "s", _local("TimeT ViT-S/16 checkpoint"), "timetuning"),
-    _v1("leopart_vits16", "s", _local("Leopart ViT-S/16 checkpoint"), "leopart"),
+    _v1(
+        "timetuning_vits16",
+        "s",
+        _local("TimeT ViT-S/16 checkpoint"),
+        "timetuning",
+        config="models/small/neco_timetuning.yml",
+        paper_method="TimeT",
+    ),
+    _v1(
+        "leopart_vits16",
+        "s",
+        _local("Leopart ViT-S/16 checkpoint"),
+        "leopart",
+        config="models/small/neco_leopart.yml",
+        paper_method="Leopart",
+    ),
 ]
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _ENTRIES}

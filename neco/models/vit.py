@@ -1,10 +1,13 @@
-"""Backbone registry: names -> timm ViT architecture + weight source + key map (method.md §4, §12).
+"""The ViT backbones: registry name -> timm ViT + weights (method.md §4, §12).
 
-``build_backbone(name, ...)`` returns a :class:`Backbone`: a timm ``VisionTransformer`` whose
-forward returns the **patch tokens after the final LayerNorm** with CLS and register tokens
-dropped, ``(B, (H/p) * (W/p), D)`` row-major, at any input size that is a multiple of the
-patch (non-square included). Position embeddings are resampled with the configured rule
-(:mod:`neco.models.pos_embed`) for every input size, in training and evaluation alike.
+``build_backbone(name, ...)`` returns a :class:`Backbone` around a
+:class:`NecoVisionTransformer`, timm's ``VisionTransformer`` with only ``_pos_embed``
+overridden so that position embeddings are resampled with the configured rule
+(:mod:`neco.models.pos_embed`) for every input size, in training and evaluation alike; the rest
+of the token path (prefix tokens, blocks, final norm) is timm's ``forward_features``. The
+backbone's forward returns the **patch tokens after the final LayerNorm** with CLS and register
+tokens dropped, ``(B, (H/p) * (W/p), D)`` row-major, at any input size that is a multiple of
+the patch (non-square included; other sizes are floored on request).
 
 Weight sources (``weights`` argument / ``train.weights``): ``None`` = the registry's official
 source (downloaded into ``cache_dir`` once), ``"random"`` = seeded random init, a path = a local
@@ -40,31 +43,109 @@ from neco.models.registry import OVERRIDE_PARAM, BackboneSpec, SourceKind, Weigh
 _log = logging.getLogger(__name__)
 
 
+class NecoVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer`` with the position embedding resampled by our rule.
+
+    Only :meth:`_pos_embed` is overridden, so ``forward_features`` (and ``forward_intermediates``)
+    run timm's own path: ``patch_embed`` -> ``_pos_embed`` -> ``patch_drop`` -> ``norm_pre`` ->
+    ``blocks`` -> ``norm``. Adds no parameters or buffers: the ``state_dict`` is timm's.
+
+    Attributes:
+        pos_embed_interp: resampling rule for non-native grids (:mod:`neco.models.pos_embed`).
+    """
+
+    pos_embed_interp: PosEmbedInterp
+
+    @classmethod
+    def from_timm(
+        cls, vit: VisionTransformer, pos_embed_interp: PosEmbedInterp | str
+    ) -> NecoVisionTransformer:
+        """Promote a model built by ``timm.create_model`` to this class, in place.
+
+        timm's ViT entrypoints hard-code ``VisionTransformer``, so the architecture and its
+        seeded init come from timm's registry unchanged and the instance's class is swapped
+        (the subclass adds no state; ``torch.nn.utils.parametrize`` does the same).
+        """
+        if not isinstance(vit, VisionTransformer):
+            raise TypeError(f"expected a timm VisionTransformer, got {type(vit).__name__}")
+        if not isinstance(vit, cls):
+            if type(vit) is not VisionTransformer:
+                raise TypeError(f"cannot promote a {type(vit).__name__} to {cls.__name__}")
+            vit.__class__ = cls
+        if not vit.dynamic_img_size or vit.pos_embed is None or vit.cls_token is None:
+            raise ValueError(
+                "NecoVisionTransformer needs dynamic_img_size=True, a position embedding and a "
+                "class token"
+            )
+        out: NecoVisionTransformer = vit  # type: ignore[assignment]
+        out.pos_embed_interp = parse_pos_embed_interp(pos_embed_interp)
+        return out
+
+    @property
+    def native_grid(self) -> tuple[int, int]:
+        """``(M0, M1)``: the token grid the position embedding was learnt on."""
+        grid = self.patch_embed.grid_size
+        return int(grid[0]), int(grid[1])
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``_pos_embed`` with :func:`resample_patch_pos_embed` as the resampling rule.
+
+        ``x`` is the ``(B, g0, g1, D)`` patch grid (``dynamic_img_size`` gives NHWC). Only the
+        patch part of ``pos_embed`` is resampled; a prefix-token entry (``no_embed_class`` off)
+        never is. Prefix tokens and the embedding are cast to the patch tokens' dtype: a no-op
+        in fp32; under autocast the token stream stays in the autocast dtype.
+        """
+        b, g0, g1, dim = x.shape
+        pos = self.pos_embed
+        assert pos is not None  # checked in from_timm
+        n_prefix_pos = 0 if self.no_embed_class else self.num_prefix_tokens
+        patch_pos = resample_patch_pos_embed(
+            pos[:, n_prefix_pos:], native_grid=self.native_grid, grid=(g0, g1),
+            mode=self.pos_embed_interp,
+        )  # fmt: skip
+        x = x.reshape(b, g0 * g1, dim) + patch_pos.to(x.dtype)
+        prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if n_prefix_pos:
+            prefix = [torch.cat(prefix, dim=1) + pos[:, :n_prefix_pos]]
+        x = torch.cat([t.to(x.dtype) for t in prefix] + [x], dim=1)
+        out: torch.Tensor = self.pos_drop(x)
+        return out
+
+
 class Backbone(nn.Module):
     """A timm ViT returning final-norm patch tokens, with configurable pos-embed resampling.
 
     Attributes:
-        vit: the timm ``VisionTransformer`` (its ``state_dict`` has timm names).
+        vit: the :class:`NecoVisionTransformer` (its ``state_dict`` has timm names).
         spec: the registry entry.
         patch_size: p.
         embed_dim: D.
         num_prefix_tokens: 1 + registers (CLS and register tokens, dropped from the output).
-        pos_embed_interp: resampling rule for non-native grids.
+        native_grid: ``(M0, M1)`` token grid of the native input size.
+        pos_embed_interp: resampling rule for non-native grids (lives on ``vit``).
+        load_report: where the weights came from.
     """
 
     def __init__(
-        self, vit: VisionTransformer, spec: BackboneSpec, pos_embed_interp: PosEmbedInterp
+        self, vit: VisionTransformer, spec: BackboneSpec, pos_embed_interp: PosEmbedInterp | str
     ) -> None:
         super().__init__()
-        self.vit: VisionTransformer = vit
+        self.vit: NecoVisionTransformer = NecoVisionTransformer.from_timm(vit, pos_embed_interp)
         self.spec = spec
         self.patch_size = spec.patch_size
         self.embed_dim = spec.embed_dim
-        self.num_prefix_tokens = int(vit.num_prefix_tokens)
-        self.pos_embed_interp = pos_embed_interp
-        grid = vit.patch_embed.grid_size
-        self.native_grid = (int(grid[0]), int(grid[1]))
+        self.num_prefix_tokens = int(self.vit.num_prefix_tokens)
+        self.native_grid = self.vit.native_grid
         self.load_report: dict[str, Any] = {"backbone": spec.name, "weights": "random"}
+
+    @property
+    def pos_embed_interp(self) -> PosEmbedInterp:
+        """The resampling rule (stored on ``vit``, which applies it)."""
+        return self.vit.pos_embed_interp
+
+    @pos_embed_interp.setter
+    def pos_embed_interp(self, value: PosEmbedInterp | str) -> None:
+        self.vit.pos_embed_interp = parse_pos_embed_interp(value)
 
     @property
     def blocks(self) -> nn.Sequential:
@@ -81,28 +162,9 @@ class Backbone(nn.Module):
             )
         return height // p, width // p
 
-    def pos_embed_for(self, grid: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Position embeddings for a token grid.
-
-        Returns:
-            ``(cls_pos, patch_pos)``: ``(1, 1, D)`` for the class token (``None`` in timm's
-            ``no_embed_class`` register layout, where it is folded into ``cls_token``) and
-            ``(1, g0 * g1, D)`` for the patches.
-        """
-        pos = self.vit.pos_embed
-        if pos is None:
-            raise RuntimeError(f"{self.spec.name}: the timm model has no position embedding")
-        cls_pos: torch.Tensor | None = None
-        patch_pos: torch.Tensor = pos
-        if not self.vit.no_embed_class:
-            cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
-        patch_pos = resample_patch_pos_embed(
-            patch_pos, native_grid=self.native_grid, grid=grid, mode=self.pos_embed_interp
-        )
-        return cls_pos, patch_pos
-
     def forward_tokens(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
-        """All tokens after the final norm, ``(B, num_prefix_tokens + N, D)``.
+        """All tokens after the final norm, ``(B, num_prefix_tokens + N, D)``: timm's
+        ``forward_features``.
 
         Args:
             x: normalised images ``(B, 3, H, W)``.
@@ -116,48 +178,25 @@ class Backbone(nn.Module):
         p = self.patch_size
         if floor_to_patch:
             x = x[:, :, : x.shape[2] // p * p, : x.shape[3] // p * p]
-        grid = self.grid_size(int(x.shape[2]), int(x.shape[3]))
-        vit = self.vit
-        t = vit.patch_embed(x)  # (B, g0, g1, D): dynamic_img_size gives NHWC
-        t = t.reshape(t.shape[0], grid[0] * grid[1], t.shape[-1])
-        cls_pos, patch_pos = self.pos_embed_for(grid)
-        t = t + patch_pos.to(t.dtype)
-        if vit.cls_token is None:
-            raise RuntimeError(f"{self.spec.name}: the timm model has no class token")
-        cls: torch.Tensor = vit.cls_token
-        if cls_pos is not None:
-            cls = cls + cls_pos
-        prefix = [cls.expand(t.shape[0], -1, -1).to(t.dtype)]
-        if vit.reg_token is not None:
-            prefix.append(vit.reg_token.expand(t.shape[0], -1, -1).to(t.dtype))
-        t = torch.cat(prefix + [t], dim=1)
-        t = vit.pos_drop(t)
-        t = vit.patch_drop(t)
-        t = vit.norm_pre(t)
-        t = vit.blocks(t)
-        out: torch.Tensor = vit.norm(t)
+        self.grid_size(int(x.shape[2]), int(x.shape[3]))  # validates the (floored) size
+        out: torch.Tensor = self.vit.forward_features(x)
         return out
 
     def forward(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
-        """Patch tokens ``(B, 3, H, W) -> (B, (H/p) * (W/p), D)``, final norm applied.
+        """Patch tokens ``(B, 3, H, W) -> (B, (H/p) * (W/p), D)``, final norm applied, row-major.
 
         CLS and register tokens are dropped; ``floor_to_patch`` as in :meth:`forward_tokens`.
         """
         return self.forward_tokens(x, floor_to_patch=floor_to_patch)[:, self.num_prefix_tokens :]
 
-    def forward_grid(self, x: torch.Tensor, *, floor_to_patch: bool = False) -> torch.Tensor:
-        """Patch tokens as a map ``(B, 3, H, W) -> (B, D, H/p, W/p)`` (sides floored if asked)."""
-        p = self.patch_size
-        g0, g1 = (
-            (x.shape[2] // p, x.shape[3] // p)
-            if floor_to_patch
-            else self.grid_size(int(x.shape[2]), int(x.shape[3]))
-        )
-        tokens = self.forward(x, floor_to_patch=floor_to_patch)
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], g0, g1)
 
-
-def create_vit(spec: BackboneSpec, *, drop_path_rate: float, seed: int) -> VisionTransformer:
+def create_vit(
+    spec: BackboneSpec,
+    *,
+    drop_path_rate: float,
+    seed: int,
+    pos_embed_interp: PosEmbedInterp | str = PosEmbedInterp.OFFICIAL,
+) -> NecoVisionTransformer:
     """The timm architecture with random weights drawn from ``seed`` (global RNG untouched)."""
     import timm
 
@@ -172,7 +211,7 @@ def create_vit(spec: BackboneSpec, *, drop_path_rate: float, seed: int) -> Visio
             drop_path_rate=drop_path_rate,
             **dict(spec.timm_kwargs),
         )
-    if not isinstance(vit, VisionTransformer):
+    if type(vit) is not VisionTransformer:
         raise RuntimeError(f"{spec.name}: timm built {type(vit).__name__}, not a VisionTransformer")
     heads = int(getattr(vit.blocks[0].attn, "num_heads", -1))
     got = (vit.patch_embed.patch_size[0], vit.embed_dim, len(vit.blocks), heads,
@@ -182,7 +221,7 @@ def create_vit(spec: BackboneSpec, *, drop_path_rate: float, seed: int) -> Visio
         raise RuntimeError(
             f"{spec.name}: timm built (p, D, depth, heads, regs)={got}, registry says {want}"
         )
-    return vit
+    return NecoVisionTransformer.from_timm(vit, pos_embed_interp)
 
 
 def load_weights_file(
@@ -272,7 +311,8 @@ def build_backbone(
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{OVERRIDE_PARAM}: weight file {path} not found")
-    backbone = Backbone(create_vit(spec, drop_path_rate=drop_path_rate, seed=seed), spec, mode)
+    vit = create_vit(spec, drop_path_rate=drop_path_rate, seed=seed, pos_embed_interp=mode)
+    backbone = Backbone(vit, spec, mode)
     if path is None:
         backbone.load_report = {"backbone": name, "weights": "random", "seed": seed}
     else:

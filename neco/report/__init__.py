@@ -4,6 +4,6 @@
 published numbers (``data/paper/paper_results.csv``) and maps our backbones and protocols onto the
 paper's rows; ``settings.py`` compares each result's settings with the paper's and raises the ⚑
 flags; ``tables.py`` formats the Table 1a / Table 2 / Figure 2 layouts; ``document.py`` writes
-``tables.md``; ``figures.py`` draws the training curve and the per-protocol example figures.
-Imports ``neco.config``, ``neco.io`` and ``neco.models.registry``; never torch-heavy code.
+``tables.md``; ``build.py`` is the stage entry (the loss figure comes from ``neco.figures``).
+Imports ``neco.config``, ``neco.io``, ``neco.figures`` and ``neco.models.registry``.
 """

@@ -148,24 +148,30 @@ def collect(obj: Any, *, source: str, protocol: str | None = None,
     return EvalEntry(proto, ds, backbone, dict(models), source)
 
 
-def load_metrics_dir(metrics_dir: str | os.PathLike[str]) -> list[EvalEntry]:
-    """Read every ``<protocol>/<dataset>.json`` under ``metrics_dir`` (sorted, validated).
+def load_metrics(
+    metrics_dir: str | os.PathLike[str], *, datasets: Sequence[str], protocols: Sequence[str]
+) -> list[EvalEntry]:
+    """Read exactly ``<protocol>/<dataset>.json`` for the declared datasets and protocols.
 
     Raises:
-        FileNotFoundError: ``metrics_dir`` is not a directory.
+        FileNotFoundError: a declared file is missing (naming it and the stage that writes it).
         ReportInputError: a file is not valid JSON or fails ``collect``.
     """
     root = Path(metrics_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: metrics directory not found")
     entries = []
-    for path in sorted(root.glob("*/*.json")):
-        try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ReportInputError(f"{path}: invalid JSON: {err}") from err
-        entries.append(collect(obj, source=str(path), protocol=path.parent.name,
-                               dataset=path.stem))
+    for protocol in protocols:
+        for dataset in datasets:
+            path = root / protocol / f"{dataset}.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: metrics of eval.datasets entry {dataset!r} not found "
+                    f"(written by the eval_{protocol}@{dataset} stage)"
+                )
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ReportInputError(f"{path}: invalid JSON: {err}") from err
+            entries.append(collect(obj, source=str(path), protocol=protocol, dataset=dataset))
     return sort_entries(entries)
 
 

@@ -7,14 +7,11 @@ one question: *which published number belongs next to this (backbone, model, pro
 setting) of ours?* Backbones the paper never evaluated (the CPU demo's ``vit_tiny_demo``) and
 datasets it never used (``synthetic``) map to nothing, and the report prints a dash.
 
-Mapping rules (method.md §12-§13):
+Mapping rules (method.md §12-§13): each backbone's labels are the ``paper`` field of its
+registry entry (:class:`neco.models.registry.PaperLabels`; the rules are documented there). The
+lookup here:
 
-* ``dinov2_vit{s,b}14_xr`` is the paper's "NeCo (DINOv2R)": init rows "DINOv2R", NeCo rows
-  "NeCo" (Tables 1a, 2, Figure 2), then the README's "NeCo on DINOv2R-XR".
-* ``dinov2_vit{s,b}14_reg`` (true registers): init "DINOv2R" (presumed, unverified), NeCo only
-  the README's "NeCo on DINOv2R"; ``dinov2_vit{s,b}14``: NeCo only the README's "NeCo on DINOv2".
-* ViT-S/16 backbones (``dino``, ``timetuning``, ``leopart``): init rows by method name, NeCo
-  rows from Table 3 ("NeCo (init: DINO)"), then the README ("NeCo on DINO").
+* method labels are tried in the entry's priority order, then settings, then CSV order;
 * README in-context numbers state no memory fraction; they are used for 1/1 only when no
   Figure 2 number exists, and the returned reference carries the CSV note saying so.
 """
@@ -28,6 +25,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from neco.models.registry import BACKBONES, PaperLabels
 
 PAPER_COLUMNS: tuple[str, ...] = (
     "table", "method", "backbone", "eval", "dataset", "setting", "value", "source", "note",
@@ -98,36 +97,10 @@ class PaperRow:
     line: int
 
 
-@dataclass(frozen=True)
-class PaperModel:
-    """The paper's labels for one of our backbones.
-
-    Attributes:
-        arch: the CSV ``backbone`` label, e.g. ``ViT-S/14``.
-        init: CSV ``method`` labels of the starting model, in lookup priority.
-        neco: CSV ``method`` labels of NeCo trained from it, in lookup priority.
-    """
-
-    arch: str
-    init: tuple[str, ...]
-    neco: tuple[str, ...]
-
-
-PAPER_MODELS: dict[str, PaperModel] = {
-    "dinov2_vits14_xr": PaperModel("ViT-S/14", ("DINOv2R",), ("NeCo", "NeCo on DINOv2R-XR")),
-    "dinov2_vitb14_xr": PaperModel("ViT-B/14", ("DINOv2R",), ("NeCo", "NeCo on DINOv2R-XR")),
-    "dinov2_vits14_reg": PaperModel("ViT-S/14", ("DINOv2R",), ("NeCo on DINOv2R",)),
-    "dinov2_vitb14_reg": PaperModel("ViT-B/14", ("DINOv2R",), ("NeCo on DINOv2R",)),
-    "dinov2_vits14": PaperModel("ViT-S/14", (), ("NeCo on DINOv2",)),
-    "dinov2_vitb14": PaperModel("ViT-B/14", (), ("NeCo on DINOv2",)),
-    "dino_vits16": PaperModel("ViT-S/16", ("DINO",), ("NeCo (init: DINO)", "NeCo on DINO")),
-    "timetuning_vits16": PaperModel(
-        "ViT-S/16", ("TimeT",), ("NeCo (init: TimeT)", "NeCo on TimeT")
-    ),
-    "leopart_vits16": PaperModel(
-        "ViT-S/16", ("Leopart",), ("NeCo (init: Leopart)", "NeCo on Leopart")
-    ),
-}
+def paper_labels(backbone: str) -> PaperLabels | None:
+    """The paper's labels of our ``backbone`` (its registry entry), ``None`` if it has none."""
+    spec = BACKBONES.get(backbone)
+    return None if spec is None else spec.paper
 
 
 @dataclass(frozen=True)
@@ -237,12 +210,12 @@ def paper_setting(protocol: str, *, k: int | None = None, is_gt: bool = False,
 
 def paper_model_label(backbone: str, role: str) -> str | None:
     """The paper's name for our ``role`` (``init`` / ``neco``) model of ``backbone``, if any."""
-    model = PAPER_MODELS.get(backbone)
+    model = paper_labels(backbone)
     labels = _labels(model, role) if model else ()
     return f"{labels[0]} {model.arch}" if model and labels else None
 
 
-def _labels(model: PaperModel, role: str) -> tuple[str, ...]:
+def _labels(model: PaperLabels, role: str) -> tuple[str, ...]:
     return {"init": model.init, "neco": model.neco}.get(role, ())
 
 
@@ -258,10 +231,10 @@ def lookup(rows: Sequence[PaperRow], *, backbone: str, role: str, protocol: str,
         dataset: our dataset key, e.g. ``voc``.
         settings: CSV settings to accept, in priority (``paper_setting``).
 
-    Priority: method label (``PaperModel`` order), then setting, then CSV order, among the
+    Priority: method label (``PaperLabels`` order), then setting, then CSV order, among the
     tables in ``TABLE_TAGS`` only (DIP re-evaluations and legacy README rows are never used).
     """
-    model = PAPER_MODELS.get(backbone)
+    model = paper_labels(backbone)
     ds_label = DATASET_LABELS.get(dataset)
     eval_label = PROTOCOL_EVALS.get(protocol)
     if model is None or ds_label is None or eval_label is None:

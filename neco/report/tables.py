@@ -4,8 +4,8 @@ Paper: arXiv 2408.11054 (code github.com/vpariza/NeCo). Clustering like Table 1a
 dataset × K, mean ± std over k-means seeds), linear like Table 2 (columns datasets), in-context
 retrieval like Figure 2 (columns memory fractions, rows dataset × model). Each of our rows
 (init, NeCo, Δ = NeCo − init) is followed by the paper's row for the same backbone, from
-``neco.report.paper`` (a dash where none applies). mIoU is in percent with 1 decimal. Every number of
-ours carries a footnote ``[n]`` with its fingerprint; ``⚑`` marks settings that differ from the
+``neco.report.paper`` (a dash where none applies). mIoU is in percent with 1 decimal. Every number
+of ours carries a footnote ``[n]`` with its fingerprint; ``⚑`` marks settings that differ from the
 paper setting (``neco.report.settings``).
 """
 

@@ -16,7 +16,6 @@ the real number of optimiser steps (method.md §10).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,12 @@ class NeCoDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
 
-    def steps_per_epoch(self, world_size: int) -> int:
-        """Optimiser steps per epoch with ``drop_last`` (``num_samples // global batch``)."""
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch with ``drop_last`` (``num_samples // global batch``).
+
+        The same on any number of devices: each of w ranks gets ``num_samples // w`` samples
+        (``DistributedSampler(drop_last=True)``) in batches of ``global batch / w``.
+        """
         steps = len(self.images) // self.global_batch_size
         if steps == 0:
             raise ValueError(
@@ -136,6 +139,7 @@ class NeCoDataModule(pl.LightningDataModule):
         ds = MultiCropDataset(
             self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
         )
+        sampler: DistributedSampler[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]
         sampler = DistributedSampler(
             ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
@@ -149,8 +153,3 @@ class NeCoDataModule(pl.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
-
-
-def total_steps(num_images: int, global_batch_size: int, epochs: int) -> int:
-    """Scheduler length T = ``iters_per_epoch × epochs`` (method.md §10)."""
-    return max(1, (num_images // global_batch_size) * epochs) if global_batch_size else math.inf  # type: ignore[return-value]

@@ -92,7 +92,9 @@ class NeCoModule(pl.LightningModule):
             seed=seed,
         )
         teacher.load_state_dict(student.state_dict())
-        self.trainable_blocks = apply_trainable_blocks(student.blocks, student, train.trainable_blocks)
+        self.trainable_blocks = apply_trainable_blocks(
+            student.blocks, student, train.trainable_blocks
+        )
 
         dim = student.embed_dim
         head = train.head
@@ -105,15 +107,15 @@ class NeCoModule(pl.LightningModule):
         self.teacher = nn.ModuleDict({"backbone": teacher, "head": t_head})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.queue = (
-            ReferenceQueue(
+        self.queue: ReferenceQueue | None = None
+        if self.loss_cfg.queue:
+            # effective_loss_config filled it in from the recipe; validate_loss_config checked it
+            assert self.loss_cfg.queue_length is not None
+            self.queue = ReferenceQueue(
                 num_banks=len(self.loss_cfg.crops_for_assign),
                 queue_length=self.loss_cfg.queue_length,
                 dim=head.out_dim,
             )
-            if self.loss_cfg.queue
-            else None
-        )
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.total_steps = 1
         self.loss_history: list[float] = []
@@ -135,14 +137,15 @@ class NeCoModule(pl.LightningModule):
         out: list[torch.Tensor | None] = [None] * len(views)
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, v in enumerate(views):
-            by_size.setdefault(tuple(v.shape[-2:]), []).append(i)
+            by_size.setdefault((v.shape[-2], v.shape[-1]), []).append(i)
         patch = self.student_backbone.patch_size
         for (h, w), idx in by_size.items():
             x = torch.cat([views[i] for i in idx])
-            tokens = net["head"](net["backbone"](x, floor_to_patch=True)).float()  # (nB, h*w, d), unit norm
+            # (nB, h*w, d), unit norm
+            tokens = net["head"](net["backbone"](x, floor_to_patch=True)).float()
             gh, gw = h // patch, w // patch  # 98 px at patch 16: 6x6 tokens (official)
             maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)
-            for j, chunk in zip(idx, maps.chunk(len(idx))):
+            for j, chunk in zip(idx, maps.chunk(len(idx)), strict=True):
                 out[j] = chunk
         return [m for m in out if m is not None]
 
@@ -151,7 +154,9 @@ class NeCoModule(pl.LightningModule):
         t = min(t, total - 1)
         return {
             "momentum": cosine_schedule(self.cfg.momentum_start, self.cfg.momentum_end, t, total),
-            "weight_decay": cosine_schedule(self.cfg.weight_decay, self.cfg.weight_decay_end, t, total),
+            "weight_decay": cosine_schedule(
+                self.cfg.weight_decay, self.cfg.weight_decay_end, t, total
+            ),
             "lr_scale_t": float(t),
         }
 
@@ -179,7 +184,9 @@ class NeCoModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         views, gc, all_boxes = batch
         optimizer = self.optimizers()
-        opt = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        if isinstance(optimizer, list):
+            raise TypeError("NeCoModule.training_step: expected one optimizer, got a list")
+        opt = optimizer.optimizer
         sched = self._schedules()
         lrs = self._set_lr(opt)
         set_weight_decay(opt, sched["weight_decay"])
@@ -205,18 +212,27 @@ class NeCoModule(pl.LightningModule):
         )
         self._momentum = sched["momentum"]
         bs = views[0].shape[0]
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs,
-                 sync_dist=True)  # mean over DDP ranks
-        self.log("train/lr_backbone", lrs["backbone_decay"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log(
+            "train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs,
+            sync_dist=True,
+        )  # mean over DDP ranks
+        self.log(
+            "train/lr_backbone", lrs["backbone_decay"], on_step=True, on_epoch=False, batch_size=bs
+        )
         self.log("train/lr_heads", lrs["head_decay"], on_step=True, on_epoch=False, batch_size=bs)
-        self.log("train/weight_decay", sched["weight_decay"], on_step=True, on_epoch=False, batch_size=bs)
+        self.log(
+            "train/weight_decay", sched["weight_decay"], on_step=True, on_epoch=False, batch_size=bs
+        )
         self.log("train/momentum", sched["momentum"], on_step=True, on_epoch=False, batch_size=bs)
         for key, value in stats.items():
             if key != "loss" and torch.is_tensor(value) and value.numel() == 1:
-                self.log(f"train/{key}", value.detach().float(), on_step=True, on_epoch=False, batch_size=bs)
-        value = float(loss.detach())
-        self.loss_history.append(value)
-        self._epoch_losses.append(value)
+                self.log(
+                    f"train/{key}", value.detach().float(), on_step=True, on_epoch=False,
+                    batch_size=bs,
+                )
+        loss_value = float(loss.detach())
+        self.loss_history.append(loss_value)
+        self._epoch_losses.append(loss_value)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -6,7 +6,7 @@
 rank 0 writes (STYLE P9, P12).
 
 Resuming: a full checkpoint (``last.ckpt``: student, teacher, queue, optimiser, reference RNG)
-is saved at the end of every ``train.checkpoint_every_n_epochs`` epochs into the persistent
+is saved at the end of every ``runtime.train.checkpoint_every_n_epochs`` epochs into the persistent
 checkpoint directory, together with a fingerprint of the resolved configuration. Epoch
 boundaries make the resume exact: the sampler and the photometric RNG are functions of (seed,
 epoch, index), and the global torch RNG (drop-path) is reseeded from (seed, step, rank) before
@@ -29,7 +29,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from neco.config import TrainConfig, to_plain
+from neco.config import RuntimeConfig, TrainConfig, to_plain
 from neco.config.method import CropConfig
 from neco.io import is_rank_zero, write_json
 from neco.method.augment import PhotometricParams
@@ -55,14 +55,21 @@ class StepTimer(Callback):
         self._t0 = 0.0
         self.step_times: list[float] = []
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
         self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
         dt = time.perf_counter() - self._t0
         self.step_times.append(dt)
         pl_module.log("train/step_time_s", dt, on_step=True, on_epoch=False)
-        pl_module.log("train/images_per_s", self.global_batch_size / max(dt, 1e-9), on_step=True, on_epoch=False)
+        pl_module.log(
+            "train/images_per_s", self.global_batch_size / max(dt, 1e-9), on_step=True,
+            on_epoch=False,
+        )
 
 
 def run_training(
@@ -75,8 +82,7 @@ def run_training(
     out_dir: Path,
     checkpoint_dir: Path,
     live_dir: Path,
-    num_workers: int,
-    progress: bool,
+    runtime: RuntimeConfig,
     init_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Post-pretrain ``train.backbone`` on ``images`` and write every output.
@@ -89,8 +95,8 @@ def run_training(
         out_dir: ``models/neco``: init/student backbones (safetensors), resolved config.
         checkpoint_dir: persistent full checkpoints for resuming.
         live_dir: dvclive directory (curves and ``summary.json``).
-        num_workers: DataLoader workers.
-        progress: show Lightning's progress bar.
+        runtime: DataLoader workers, progress bar, checkpoint and logging periods (knobs that
+            cannot change the trained weights).
         init_weights: the initial backbone written by the ``weights`` stage; None = build it
             from ``train.weights`` / the official source and write it to ``out_dir``.
 
@@ -99,11 +105,13 @@ def run_training(
     """
     from dvclive.lightning import DVCLiveLogger
 
-    class StepLogger(DVCLiveLogger):  # type: ignore[misc]
+    class StepLogger(DVCLiveLogger):
         """Logs at step = optimiser steps done (1-based). dvclive 3.49 treats step 0 as "no step"
         (``if step:``) and would log the first two steps both as step 1."""
 
-        def log_metrics(self, metrics: Any, step: int | None = None, sync: bool | None = False) -> None:
+        def log_metrics(
+            self, metrics: Any, step: int | None = None, sync: bool | None = False
+        ) -> None:
             super().log_metrics(metrics, None if step is None else step + 1, sync)
 
     resolved = resolve_train_config(train, crops)
@@ -112,17 +120,20 @@ def run_training(
     fingerprint = config_fingerprint(plain)
     pl.seed_everything(seed, workers=True, verbose=False)
 
-    world = train.devices  # processes that share the global batch (1 CPU process unless devices > 1)
-    module = NeCoModule(train=train, resolved=values, seed=seed, devices=world, init_weights=init_weights)
+    # processes that share the global batch (1 CPU process unless devices > 1)
+    world = train.devices
+    module = NeCoModule(
+        train=train, resolved=values, seed=seed, devices=world, init_weights=init_weights
+    )
     datamodule = NeCoDataModule(
         images,
         manifest_path,
         global_batch_size=int(values["batch_size"]),
         params=PhotometricParams(train.jitter_strength, train.blur_strength),
         seed=seed,
-        num_workers=num_workers,
+        num_workers=runtime.num_workers,
     )
-    steps_per_epoch = datamodule.steps_per_epoch(world)
+    steps_per_epoch = datamodule.steps_per_epoch()
     epochs = int(values["epochs"])
     module.set_total_steps(steps_per_epoch * epochs)
 
@@ -136,7 +147,7 @@ def run_training(
         filename="last",
         save_last=False,
         save_top_k=1,
-        every_n_epochs=train.checkpoint_every_n_epochs,
+        every_n_epochs=runtime.train.checkpoint_every_n_epochs,
         save_on_train_epoch_end=True,
         enable_version_counter=False,
     )
@@ -151,14 +162,14 @@ def run_training(
         accelerator=train.accelerator,
         devices=train.devices,
         strategy=train.strategy,
-        precision=train.precision.value,  # type: ignore[arg-type]
+        precision=train.precision.value,
         max_epochs=epochs,
         max_steps=train.max_steps if train.max_steps is not None else -1,
         gradient_clip_val=None,  # clipping is done by the module on the official parameter subset
-        log_every_n_steps=train.log_every_n_steps,
+        log_every_n_steps=runtime.train.log_every_n_steps,
         callbacks=[ckpt_cb, timer],
         logger=logger,
-        enable_progress_bar=progress,
+        enable_progress_bar=runtime.progress,
         enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1,
         use_distributed_sampler=False,

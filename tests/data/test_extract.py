@@ -116,9 +116,66 @@ def test_unsafe_zip_members_are_refused(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "sub" / "out").exists()
 
 
-def test_zip_symlink_outside_is_refused(tmp_path: Path) -> None:
-    arc = _zip(tmp_path / "bad.zip", {"fine.txt": b"ok"}, symlinks={"ln": "../../secret"})
-    with pytest.raises(ExtractError, match="'ln'.*points outside"):
+@pytest.mark.parametrize("target", ["../../secret", "fine.txt"])
+def test_zip_symlinks_are_refused(tmp_path: Path, target: str) -> None:
+    """ZipFile.extract would write a symlink member as a regular file: refuse it instead."""
+    arc = _zip(tmp_path / "bad.zip", {"fine.txt": b"ok"}, symlinks={"ln": target})
+    with pytest.raises(ExtractError, match="'ln' is a symlink; refused"):
+        extract_archive(arc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_device_member_is_refused(tmp_path: Path) -> None:
+    arc = tmp_path / "bad.zip"
+    with zipfile.ZipFile(arc, "w") as zf:
+        info = zipfile.ZipInfo("fifo")
+        info.create_system = 3
+        info.external_attr = 0o010644 << 16  # S_IFIFO
+        zf.writestr(info, b"")
+    with pytest.raises(ExtractError, match="'fifo' is a device/FIFO/socket; refused"):
+        extract_archive(arc, tmp_path / "out")
+
+
+@pytest.mark.parametrize("member,cause", [
+    (("/etc/evil", b"evil", tarfile.REGTYPE), None),  # the filter would strip the '/'
+    (("../evil", b"evil", tarfile.REGTYPE), None),
+    (("a/../evil", b"evil", tarfile.REGTYPE), None),  # stays inside, but '..' is refused too
+    (("ln", b"../../etc/passwd", tarfile.SYMTYPE), tarfile.LinkOutsideDestinationError),
+    (("ln", b"/etc/passwd", tarfile.SYMTYPE), tarfile.AbsoluteLinkError),
+    (("hard", b"../../etc/passwd", tarfile.LNKTYPE), tarfile.LinkOutsideDestinationError),
+    (("fifo", None, tarfile.FIFOTYPE), tarfile.SpecialFileError),
+    (("chr", None, tarfile.CHRTYPE), tarfile.SpecialFileError),
+    (("blk", None, tarfile.BLKTYPE), tarfile.SpecialFileError),
+])
+def test_tar_data_filter_refusals_name_the_member(tmp_path: Path, member: tuple,
+                                                   cause: type | None) -> None:
+    """Links and special files are refused by tarfile's ``data`` filter, names up front."""
+    arc = _tar(tmp_path / "bad.tar", [("fine.txt", b"ok", tarfile.REGTYPE), member])
+    with pytest.raises(ExtractError, match="refused") as err:
+        extract_archive(arc, tmp_path / "sub" / "out")
+    assert f"member {member[0]!r}" in str(err.value) and str(arc) in str(err.value)
+    if cause is None:
+        assert err.value.__cause__ is None
+    else:
+        assert isinstance(err.value.__cause__, cause)
+        assert isinstance(err.value.__cause__, tarfile.FilterError)
+        if member[1] is not None:
+            assert repr(member[1].decode()) in str(err.value)  # the link target
+    assert not (tmp_path / "sub" / "out").exists() and _leftovers(tmp_path / "sub") == []
+
+
+def test_tar_hard_link_without_target_is_an_error(tmp_path: Path) -> None:
+    arc = _tar(tmp_path / "h.tar", [("hard", b"missing", tarfile.LNKTYPE)])
+    with pytest.raises(ExtractError, match="missing"):
+        extract_archive(arc, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tar_without_extraction_filters_is_refused(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    arc = _tar(tmp_path / "a.tar", [("x.txt", b"x", tarfile.REGTYPE)])
+    monkeypatch.delattr(tarfile, "data_filter")
+    with pytest.raises(ExtractError, match="extraction filters"):
         extract_archive(arc, tmp_path / "out")
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neco.config import DownloadConfig
 from neco.data.class_names import ADE20K_CLASS_NAMES
 from neco.data.hbird_sets import HbirdSetsConfig
 from neco.data.label_png import encode_label_png
@@ -25,11 +26,11 @@ from neco.data.sources.ade20k import (
 )
 from neco.download.archives import ArchiveConfig
 from neco.download.extract import extract_archive
-from neco.download.fetch import DownloadConfig
 from tests.fixtures import voc_ade as fx
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 
 HB_ADE = ["ade20k/1_div_128/training_128_42.txt"]
+NET = DownloadConfig(retries=0, timeout_s=10.0, backoff_s=0.0)  # runtime.download
 
 
 @pytest.fixture
@@ -168,10 +169,9 @@ def test_end_to_end_http_fetch_prepare_open(http_server: LocalServer, tmp_path: 
                                           size=len(data), local_path=None)},
         hbird_sets=HbirdSetsConfig(base_url=http_server.url("/fs"), files=HB_ADE),
         verify_counts=False, cache_dir=None,
-        download=DownloadConfig(retries=0, timeout_s=10.0, backoff_s=0.0),
     )
     raw_dir, out = tmp_path / "raw" / "ade20k", tmp_path / "prepared" / "ade20k"
-    fetch_ade20k(cfg, raw_dir, progress=False)
+    fetch_ade20k(cfg, raw_dir, download=NET, progress=False)
     prepare_ade20k(cfg, raw_dir, out, progress=False)
     ds = open_dataset("ade20k", out, "hbird/1_div_128/training_128_42")
     assert ds.ids == ["ADE_train_00000002"]

@@ -24,7 +24,7 @@ from neco.data.sources.coco import (
     prepare_coco,
 )
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadConfig, fetch_archives
+from neco.download.fetch import fetch_archives
 from tests.fixtures.coco_in100 import (
     EXPECTED_STUFF,
     EXPECTED_THINGS,
@@ -66,8 +66,7 @@ def _cfg(arcs: dict[str, Path], **over: object) -> CocoConfig:
                                  local_path=None) for k, p in arcs.items()}
     base = dict(archives=archives, linear_subset=LinearSubsetConfig(fraction=0.5, seed=400),
                 convert_train=ConvertTrain.SUBSET, regenerate_stuff_from_json=True,
-                verify_counts=False, cache_dir=None,
-                download=DownloadConfig(retries=0, timeout_s=5.0, backoff_s=0.0))
+                verify_counts=False, cache_dir=None)
     return CocoConfig(**{**base, **over})  # type: ignore[arg-type]
 
 

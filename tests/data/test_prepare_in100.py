@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neco.config import DownloadConfig
 from neco.data.sources.in100 import (
     In100Config,
     fetch_in100,
@@ -18,13 +19,15 @@ from neco.data.sources.in100 import (
 )
 from neco.download.archives import ArchiveConfig
 from neco.download.extract import ExtractError
-from neco.download.fetch import DownloadConfig, DownloadError
+from neco.download.fetch import DownloadError
 from tests.fixtures.coco_in100 import (
     IN100_UNLISTED,
     IN100_WNIDS,
     build_imagenet_tar,
     write_in100_list,
 )
+
+NET = DownloadConfig(retries=0, timeout_s=5.0, backoff_s=0.0)  # runtime.download
 
 
 def _cfg(tar: Path, *, local_path: Path | None, class_list: Path | None,
@@ -34,8 +37,7 @@ def _cfg(tar: Path, *, local_path: Path | None, class_list: Path | None,
                         size=None, local_path=str(local_path) if local_path else None)
     return In100Config(archives={"imagenet_train": arc},
                        class_list=str(class_list) if class_list else None,
-                       verify_counts=verify_counts, cache_dir=None,
-                       download=DownloadConfig(retries=0, timeout_s=5.0, backoff_s=0.0))
+                       verify_counts=verify_counts, cache_dir=None)
 
 
 @pytest.fixture
@@ -70,18 +72,18 @@ def test_class_list_errors(tmp_path: Path, data: bytes, needle: str) -> None:
 def test_fetch_requires_local_path(user_tar: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         fetch_in100(_cfg(user_tar, local_path=None, class_list=None), tmp_path / "raw",
-                    progress=False)
+                    download=NET, progress=False)
     assert "datasets.in100.archives.imagenet_train.local_path" in str(err.value)
     assert "account" in str(err.value)
     with pytest.raises(DownloadError, match="md5 mismatch"):
         fetch_in100(_cfg(user_tar, local_path=user_tar, class_list=None, md5="0" * 32),
-                    tmp_path / "raw", progress=False)
+                    tmp_path / "raw", download=NET, progress=False)
 
 
 def test_selective_prepare(user_tar: Path, tmp_path: Path) -> None:
     cl = write_in100_list(tmp_path / "lists")
     cfg = _cfg(user_tar, local_path=user_tar, class_list=cl)
-    fetch_in100(cfg, tmp_path / "raw", progress=False)
+    fetch_in100(cfg, tmp_path / "raw", download=NET, progress=False)
     assert (tmp_path / "raw" / user_tar.name).read_bytes() == user_tar.read_bytes()
     out = tmp_path / "in100"
     prepare_in100(cfg, tmp_path / "raw", out, progress=False)
@@ -107,7 +109,8 @@ def test_selective_prepare(user_tar: Path, tmp_path: Path) -> None:
 def test_production_checks(user_tar: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     cl = write_in100_list(tmp_path / "lists")
-    fetch_in100(_cfg(user_tar, local_path=user_tar, class_list=cl), raw, progress=False)
+    fetch_in100(_cfg(user_tar, local_path=user_tar, class_list=cl), raw, download=NET,
+                progress=False)
     with pytest.raises(ValueError, match="md5"):  # a custom list is not Appendix A
         prepare_in100(_cfg(user_tar, local_path=user_tar, class_list=cl, verify_counts=True),
                       raw, tmp_path / "a", progress=False)

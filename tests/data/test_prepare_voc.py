@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neco.config import DownloadConfig
 from neco.data.class_names import VOC_CLASS_NAMES
 from neco.data.hbird_sets import (
     HBIRD_COMMIT,
@@ -38,11 +39,11 @@ from neco.data.sources.voc import (
 )
 from neco.download.archives import ArchiveConfig
 from neco.download.extract import extract_archive
-from neco.download.fetch import DownloadConfig
 from tests.fixtures import voc_ade as fx
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 
 HB_VOC = sorted(p for p in fx.HBIRD_FILES if p.startswith("voc/"))
+NET = DownloadConfig(retries=0, timeout_s=10.0, backoff_s=0.0)  # runtime.download
 
 
 @pytest.fixture(scope="module")
@@ -263,14 +264,13 @@ def _cfg(server: LocalServer, tmp_path: Path, *, verify: bool = False) -> VocCon
         archives=archives, use_sbd=True, trainaug_masks=TrainaugMasks.VOC_FIRST,
         hbird_sets=HbirdSetsConfig(base_url=server.url("/file_sets"), files=HB_VOC),
         verify_counts=verify, cache_dir=None,
-        download=DownloadConfig(retries=0, timeout_s=10.0, backoff_s=0.0),
     )
 
 
 def test_end_to_end_http_fetch_prepare_open(http_server: LocalServer, tmp_path: Path) -> None:
     cfg = _cfg(http_server, tmp_path)
     raw_dir, out = tmp_path / "raw" / "voc", tmp_path / "prepared" / "voc"
-    fetch_voc(cfg, raw_dir, progress=False)
+    fetch_voc(cfg, raw_dir, download=NET, progress=False)
     assert (raw_dir / fx.VOC_TAR).is_file() and (raw_dir / "hbird_sets" / HB_VOC[0]).is_file()
     prepare_voc(cfg, raw_dir, out, progress=False)
     assert sorted(p.name for p in out.parent.iterdir()) == ["voc"]  # extraction dir removed

@@ -5,20 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from neco.config import load_section
+from neco.config import DownloadConfig, load_section
 from neco.data.hbird_sets import expected_files
 from neco.data.meta import write_split
 from neco.data.registry import (
     DATASETS,
     SOURCES,
-    fetch_dataset,
     get_dataset,
     get_source,
     open_dataset,
@@ -26,8 +24,6 @@ from neco.data.registry import (
     resolve,
 )
 from neco.data.sources.voc import TrainaugMasks, VocConfig
-from neco.download.fetch import DownloadConfig
-from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401 (fixture)
 
 # The params blocks proposed for params.yaml (CPU demo values; real datasets as in the paper).
 PARAMS = textwrap.dedent(
@@ -35,6 +31,10 @@ PARAMS = textwrap.dedent(
     runtime:
       num_workers: 0
       progress: false
+      download:
+        retries: 3
+        timeout_s: 60.0
+        backoff_s: 5.0
     datasets:
       synthetic:
         generator:
@@ -106,10 +106,6 @@ PARAMS = textwrap.dedent(
             - voc/val.txt            # raw HB order -> splits/reference_order/val.txt
         verify_counts: true        # assert 1,464/1,449/10,582 ids, canonical md5s and the §7 md5s (false only for fixtures)
         cache_dir: null            # shared folder of verified archives (hard-linked into data/raw); null = none
-        download:                  # network behaviour of the fetch (cannot change results)
-          retries: 3               # extra rounds over all mirrors for transient errors
-          timeout_s: 60.0          # socket timeout per connect/read (s)
-          backoff_s: 5.0           # sleep before retry round r: backoff_s * 2**(r-1) (s)
       ade20k:                      # ADE20K SceneParsing, C = 151, ignore 0 (datasets.md §3); prepare@ade20k
         archives:
           ade20k:
@@ -140,10 +136,6 @@ PARAMS = textwrap.dedent(
             - ade20k/1_div_128/training_128_4019.txt
         verify_counts: true        # assert 20,210 / 2,000 images, objectInfo150 rows and the §7 md5s
         cache_dir: null
-        download:
-          retries: 3
-          timeout_s: 60.0
-          backoff_s: 5.0
     """  # noqa: E501
 )
 
@@ -200,7 +192,9 @@ def test_proposed_params_blocks_load(params: Path) -> None:
     voc = load_section(params, "datasets.voc", get_source("voc").config_cls)
     assert isinstance(voc, VocConfig) and voc.trainaug_masks is TrainaugMasks.VOC_FIRST
     assert voc.archives["sbd"].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
-    assert voc.download == DownloadConfig(retries=3, timeout_s=60.0, backoff_s=5.0)
+    assert "download" not in {f.name for f in dataclasses.fields(VocConfig)}  # runtime.download
+    assert load_section(params, "runtime.download", DownloadConfig) == DownloadConfig(
+        retries=3, timeout_s=60.0, backoff_s=5.0)
     assert sorted(voc.hbird_sets.files) == expected_files("voc")  # type: ignore[union-attr]
     assert voc.archives["segclassaug"].md5 is None
     ade = load_section(params, "datasets.ade20k", get_source("ade20k").config_cls)
@@ -215,7 +209,8 @@ def test_prepare_stage_synthetic_end_to_end(params: Path, tmp_path: Path) -> Non
     spec = get_source("synthetic")
     cfg = load_section(params, "datasets.synthetic", spec.config_cls)
     raw, out = tmp_path / "raw" / "synthetic", tmp_path / "prepared" / "synthetic"
-    spec.fetch_fn()(cfg, raw, progress=False)
+    spec.fetch_fn()(cfg, raw, download=load_section(params, "runtime.download", DownloadConfig),
+                    progress=False)
     main(["--params", str(params), "--dataset", "synthetic", "--raw", str(raw), "--out", str(out)])
     manifest = json.loads((raw / "manifest.json").read_text())
     meta = json.loads((out / "meta.json").read_text())
@@ -276,16 +271,3 @@ def test_open_images_in100_layout(tmp_path: Path) -> None:
     ds = open_images("in100", tmp_path, "train")
     assert ds.path(0) == tmp_path / "train" / "n01" / "n01_3.JPEG"
     assert ds.sizes() == [(7, 5)] and ds[0].image.shape == (7, 5, 3)
-
-
-def test_generic_fetch_dataset(http_server: LocalServer, tmp_path: Path) -> None:
-    from neco.download.archives import ArchiveConfig
-
-    url = http_server.add("/x.zip", b"payload")
-    cfg = types.SimpleNamespace(
-        archives={"x": ArchiveConfig(filename="x.zip", urls=[url],
-                                     md5="321c3cf486ed509164edec1e1981fec8", sha1=None, size=7,
-                                     local_path=None)},
-        cache_dir=None, download=DownloadConfig(retries=0, timeout_s=5.0, backoff_s=0.0))
-    fetch_dataset(cfg, tmp_path / "raw", progress=False)
-    assert (tmp_path / "raw" / "x.zip").read_bytes() == b"payload"

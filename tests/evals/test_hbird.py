@@ -24,6 +24,7 @@ from neco.config.evals import (
     MetricConfig,
     NnBackend,
 )
+from neco.config.sections import EvalRuntime
 from neco.evals.hbird import hummingbird
 from neco.evals.hbird_memory import (
     derived_subset,
@@ -59,6 +60,12 @@ RUN_KEYS = {
 }
 
 
+RT = EvalRuntime(
+    features_batch_size=8, figure_examples=2, hbird_batch_size=8, hbird_query_chunk=128,
+    hbird_key_chunk=512,
+)
+
+
 def _cfg(**overrides: object) -> HbirdConfig:
     cfg = HbirdConfig(
         input_size=32,
@@ -81,11 +88,7 @@ def _cfg(**overrides: object) -> HbirdConfig:
         fractions=["1/1"],
         subset_seeds=[42, 400, 783],
         full_repeats=1,
-        batch_size=8,
-        query_chunk=128,
-        key_chunk=512,
         label_storage=LabelStorage.float32,
-        n_examples=2,
         metric=MetricConfig(MeanOver.all_classes),
     )
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
@@ -112,8 +115,7 @@ def test_features_that_encode_the_class_give_perfect_miou() -> None:
     memory = band_dataset(12, num_classes=4, size=32, patch=4, seed=0)
     query = band_dataset(6, num_classes=4, size=32, patch=4, seed=1)
     result = hummingbird(
-        ColourExtractor(4), memory, query, _cfg(**NO_AUGMENTATION), device=CPU, seed=0
-    )
+        ColourExtractor(4), memory, query, _cfg(**NO_AUGMENTATION), device=CPU, seed=0, runtime=RT)
     run = result.results[0].runs[0]
     assert result.miou == 1.0
     assert run.variants["hungarian"] == 1.0 and run.variants["identity"] == 1.0
@@ -125,10 +127,10 @@ def test_features_that_encode_the_class_give_perfect_miou() -> None:
 def test_reference_augmentation_keeps_high_miou_and_is_deterministic(blocks: tuple) -> None:
     memory, query = blocks
     state = torch.random.get_rng_state()
-    a = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0)
+    a = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0, runtime=RT)
     assert torch.equal(torch.random.get_rng_state(), state)  # no global RNG use
-    b = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0)
-    c = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=1)
+    b = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0, runtime=RT)
+    c = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=1, runtime=RT)
     assert a.miou is not None and a.miou > 0.8
     assert a.miou == b.miou
     assert np.array_equal(a.results[0].runs[0].confusion, b.results[0].runs[0].confusion)
@@ -146,7 +148,9 @@ def test_reference_augmentation_keeps_high_miou_and_is_deterministic(blocks: tup
 
 def test_random_features_score_near_chance(blocks: tuple) -> None:
     memory, query = blocks
-    result = hummingbird(RandomExtractor(4, 16, seed=0), memory, query, _cfg(), device=CPU, seed=0)
+    result = hummingbird(
+        RandomExtractor(4, 16, seed=0), memory, query, _cfg(), device=CPU, seed=0, runtime=RT
+    )
     run = result.results[0].runs[0]
     # a prediction independent of the GT with class frequencies π scores IoU_c = ρπ/(ρ+π−ρπ);
     # with π = ρ (the memory looks like the queries) the chance level is mean ρ/(2−ρ).
@@ -160,7 +164,9 @@ def test_low_shot_fractions_given_and_derived_subsets(blocks: tuple) -> None:
     memory, query = blocks
     given = {"1/4": {42: [memory.ids[3], memory.ids[0], memory.ids[7], memory.ids[9]]}}
     cfg = _cfg(fractions=["1/1", "1/4"], memory_size=3 * 4 * 2)
-    result = hummingbird(_noisy_colours(), memory, query, cfg, device=CPU, seed=0, subsets=given)
+    result = hummingbird(
+        _noisy_colours(), memory, query, cfg, device=CPU, seed=0, subsets=given, runtime=RT
+    )
     full, quarter = result.results
     assert full.fraction == "1/1" and len(full.runs) == 1 and full.std is None
     assert result.miou == full.mean
@@ -181,15 +187,14 @@ def test_low_shot_fractions_given_and_derived_subsets(blocks: tuple) -> None:
 def test_label_storage_counts_equals_float32_and_drop_mode_runs(blocks: tuple) -> None:
     memory, query = blocks
     base = _cfg(memory_ignore=MemoryIgnore.drop)
-    a = hummingbird(_noisy_colours(), memory, query, base, device=CPU, seed=2)
+    a = hummingbird(_noisy_colours(), memory, query, base, device=CPU, seed=2, runtime=RT)
     b = hummingbird(
         _noisy_colours(),
         memory,
         query,
         dataclasses.replace(base, label_storage=LabelStorage.counts_int16),
         device=CPU,
-        seed=2,
-    )
+        seed=2, runtime=RT)
     assert np.array_equal(a.results[0].runs[0].confusion, b.results[0].runs[0].confusion)
 
 
@@ -201,8 +206,7 @@ def test_approximate_search_reports_recall(blocks: tuple) -> None:
         query,
         _cfg(nn=NnBackend.faiss_hnsw),
         device=CPU,
-        seed=0,
-    )
+        seed=0, runtime=RT)
     assert result.nn_backend.startswith("faiss-hnsw")
     assert result.recall_at_k is not None and 0.3 < result.recall_at_k <= 1.0
 
@@ -280,8 +284,10 @@ def test_transfer_labels_softmax_weights() -> None:
 
 def test_loader_workers_do_not_change_numbers(blocks: tuple) -> None:
     memory, query = blocks
-    a = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0)
-    b = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0, num_workers=2)
+    a = hummingbird(_noisy_colours(), memory, query, _cfg(), device=CPU, seed=0, runtime=RT)
+    b = hummingbird(
+        _noisy_colours(), memory, query, _cfg(), device=CPU, seed=0, num_workers=2, runtime=RT
+    )
     assert np.array_equal(a.results[0].runs[0].confusion, b.results[0].runs[0].confusion)
 
 
@@ -289,8 +295,10 @@ def test_loader_workers_do_not_change_numbers(blocks: tuple) -> None:
 def test_cuda_run_matches_cpu(blocks: tuple) -> None:
     memory, query = blocks
     cfg = _cfg(fractions=["1/1", "1/4"], subset_seeds=[42, 400])
-    cpu = hummingbird(_noisy_colours(), memory, query, cfg, device=CPU, seed=0)
-    gpu = hummingbird(_noisy_colours(), memory, query, cfg, device=torch.device("cuda"), seed=0)
+    cpu = hummingbird(_noisy_colours(), memory, query, cfg, device=CPU, seed=0, runtime=RT)
+    gpu = hummingbird(
+        _noisy_colours(), memory, query, cfg, device=torch.device("cuda"), seed=0, runtime=RT
+    )
     assert gpu.nn_backend == "exact-torch-fp32" and gpu.device.startswith("cuda")
     for f_cpu, f_gpu in zip(cpu.results, gpu.results, strict=True):
         for r_cpu, r_gpu in zip(f_cpu.runs, f_gpu.runs, strict=True):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neco.config.evals import AnnConfig, NnBackend
-from neco.evals.knn import TorchExactIndex, build_index, exact_topk_torch, recall_at_k, strict_fp32
+from neco.evals.knn import TorchExactIndex, build_index, exact_topk_torch, recall_at_k
 
 ANN = AnnConfig(ivf_nlist=16, ivf_nprobe=16, hnsw_m=16, hnsw_ef_construction=80, hnsw_ef_search=64)
 
@@ -70,16 +70,29 @@ def test_k_larger_than_bank_is_rejected() -> None:
         exact_topk_torch(_unit(3, 4, 0), _unit(5, 4, 1), 6, query_chunk=2, key_chunk=2)
 
 
-def test_strict_fp32_restores_global_flags() -> None:
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = True
+def test_exact_search_runs_without_tf32_and_restores_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real_topk = torch.Tensor.topk
+
+    def spy(self: torch.Tensor, k: int, dim: int = -1) -> torch.return_types.topk:
+        seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+        return real_topk(self, k, dim=dim)
+
+    previous = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
-        with strict_fp32():
-            assert not torch.backends.cuda.matmul.allow_tf32
-            assert not torch.backends.cudnn.allow_tf32
-        assert torch.backends.cuda.matmul.allow_tf32
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+        monkeypatch.setattr(torch.Tensor, "topk", spy)
+        exact_topk_torch(_unit(5, 4, 0), _unit(9, 4, 1), 3, query_chunk=2, key_chunk=4)
+        monkeypatch.undo()
+        assert seen and set(seen) == {("highest", False)}
+        assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == (
+            "high",
+            True,
+        )
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        torch.set_float32_matmul_precision(previous[0])
+        torch.backends.cudnn.allow_tf32 = previous[1]
 
 
 @pytest.mark.gpu

@@ -62,7 +62,6 @@ def _cfg(**overrides: object) -> LinearConfig:
         train_drop_last=True,
         upsample_order=UpsampleOrder.features,
         full_val=True,
-        n_examples=2,
         metric=MetricConfig(MeanOver.all_classes),
     )
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
@@ -76,7 +75,9 @@ def data() -> tuple[object, object]:
 
 def test_separable_features_give_high_miou_and_complete_result(data: tuple) -> None:
     train, val = data
-    result = linear_probe(ColourExtractor(4), train, val, _cfg(), device=CPU, seed=0)
+    result = linear_probe(
+        ColourExtractor(4), train, val, _cfg(), device=CPU, seed=0, figure_examples=2
+    )
     assert result.miou > 0.9
     assert result.miou == result.miou_best_val >= result.miou_last
     assert result.curve[result.best_epoch].val_miou == result.miou_best_val
@@ -102,7 +103,7 @@ def test_same_seed_same_numbers_and_cached_val_features_are_equivalent(data: tup
     train, val = data
     cfg = _cfg(epochs=2)
     state = torch.random.get_rng_state()
-    a = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=3)
+    a = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=3, figure_examples=2)
     assert torch.equal(torch.random.get_rng_state(), state)  # no global RNG use
     feats = extract_val_features(
         ColourExtractor(4),
@@ -113,10 +114,13 @@ def test_same_seed_same_numbers_and_cached_val_features_are_equivalent(data: tup
         device=CPU,
         autocast=Autocast.none,
     )
-    b = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=3, val_features=feats)
+    b = linear_probe(
+        ColourExtractor(4), train, val, cfg, device=CPU, seed=3, val_features=feats,
+        figure_examples=2,
+    )
     assert [r.val_miou for r in a.curve] == [r.val_miou for r in b.curve]
     assert [r.train_loss for r in a.curve] == [r.train_loss for r in b.curve]
-    c = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=4)
+    c = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=4, figure_examples=2)
     assert [r.train_loss for r in a.curve] != [r.train_loss for r in c.curve]
 
 
@@ -130,7 +134,9 @@ def test_model_selection_last_and_reference_loader_modes(data: tuple) -> None:
         batch_size=5,
         eval_mask_size=64,
     )
-    result = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=0)
+    result = linear_probe(
+        ColourExtractor(4), train, val, cfg, device=CPU, seed=0, figure_examples=2
+    )
     assert result.miou == result.miou_last
     assert result.n_images == 10  # reference drop_last on val: 2 whole batches of 5 out of 12
     assert result.examples[0].gt.shape == (64, 64)  # S-evaluation: GT kept at S
@@ -140,7 +146,8 @@ def test_model_selection_last_and_reference_loader_modes(data: tuple) -> None:
 def test_random_features_stay_far_below_separable_ones(data: tuple) -> None:
     train, val = data
     result = linear_probe(
-        RandomExtractor(4, 8, seed=0), train, val, _cfg(epochs=2), device=CPU, seed=0
+        RandomExtractor(4, 8, seed=0), train, val, _cfg(epochs=2), device=CPU, seed=0,
+        figure_examples=2,
     )
     assert result.miou < 0.5
 
@@ -168,7 +175,10 @@ def test_head_init_matches_pytorch_default_bounds_without_global_rng() -> None:
 def test_bad_inputs_fail_clearly(data: tuple) -> None:
     train, val = data
     with pytest.raises(ValueError, match="not divisible by patch 4"):
-        linear_probe(ColourExtractor(4), train, val, _cfg(input_size=66), device=CPU, seed=0)
+        linear_probe(
+            ColourExtractor(4), train, val, _cfg(input_size=66), device=CPU, seed=0,
+            figure_examples=2,
+        )
     with pytest.raises(ValueError, match="val_features shape"):
         linear_probe(
             ColourExtractor(4),
@@ -177,16 +187,18 @@ def test_bad_inputs_fail_clearly(data: tuple) -> None:
             _cfg(),
             device=CPU,
             seed=0,
-            val_features=torch.zeros(3, 256, 8),
-        )
+            val_features=torch.zeros(3, 256, 8), figure_examples=2)
 
 
 @pytest.mark.gpu
 def test_cuda_run_matches_cpu(data: tuple) -> None:
     train, val = data
     cfg = _cfg(epochs=2)
-    cpu = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=0)
-    gpu = linear_probe(ColourExtractor(4), train, val, cfg, device=torch.device("cuda"), seed=0)
+    cpu = linear_probe(ColourExtractor(4), train, val, cfg, device=CPU, seed=0, figure_examples=2)
+    gpu = linear_probe(
+        ColourExtractor(4), train, val, cfg, device=torch.device("cuda"), seed=0,
+        figure_examples=2,
+    )
     assert gpu.device.startswith("cuda")
     assert [r.train_loss for r in gpu.curve] == pytest.approx(
         [r.train_loss for r in cpu.curve], rel=1e-3

@@ -45,7 +45,6 @@ def _cfg(**overrides: object) -> ClusterConfig:
         backend=KmeansBackend.faiss,
         full_val=True,
         drop_last_batch_size=4,
-        n_examples=2,
         metric=MetricConfig(MeanOver.all_classes),
     )
     return dataclasses.replace(cfg, **overrides)  # type: ignore[arg-type]
@@ -78,7 +77,7 @@ def test_separated_clusters_give_perfect_miou_for_k_equal_c_and_overclustering(
     # faiss initialises from random points (no k-means++): with C = 3 and 30 restarts the
     # lowest-objective run covers every class with near certainty.
     feats = _clustered_features(bands, patch=4, dim=16, noise=0.05, seed=0)
-    result = cluster_eval(feats, bands, _cfg(), grid=8)
+    result = cluster_eval(feats, bands, _cfg(), grid=8, figure_examples=2)
     assert [r.k_requested for r in result.results] == [3, 6, 12]
     assert result.miou == pytest.approx(1.0)
     gt_run, over = result.results[0], result.results[1:]
@@ -99,7 +98,7 @@ def test_separated_clusters_give_perfect_miou_for_k_equal_c_and_overclustering(
 
 def test_random_features_score_low(bands: object) -> None:
     feats = torch.randn(12, 64, 16, generator=torch.Generator().manual_seed(1))
-    result = cluster_eval(feats, bands, _cfg(ks=[], seeds=[0]), grid=8)
+    result = cluster_eval(feats, bands, _cfg(ks=[], seeds=[0]), grid=8, figure_examples=2)
     assert result.miou is not None and 0.1 < result.miou < 0.3  # chance ≈ 1/(2C − 1) = 0.2
 
 
@@ -107,7 +106,7 @@ def test_k_is_capped_at_the_number_of_points(bands: object) -> None:
     feats = _clustered_features(bands, patch=4, dim=16, noise=0.05, seed=2)
     cfg = _cfg(include_gt=False, ks=[5000], seeds=[0], full_val=False, drop_last_batch_size=8)
     with pytest.warns(UserWarning, match="below faiss's recommended"):
-        result = cluster_eval(feats, bands, cfg, grid=8)
+        result = cluster_eval(feats, bands, cfg, grid=8, figure_examples=2)
     r = result.results[0]
     assert result.n_images == 8 and result.n_points == 8 * 64
     assert (r.k_requested, r.k_used, r.capped) == (5000, 512, True)
@@ -119,7 +118,8 @@ def test_k_is_capped_at_the_number_of_points(bands: object) -> None:
 def test_same_seeds_same_numbers(bands: object) -> None:
     feats = _clustered_features(bands, patch=4, dim=16, noise=1.5, seed=3)  # overlapping clusters
     cfg = _cfg(ks=[7], seeds=[0, 1], nredo=1)
-    a, b = cluster_eval(feats, bands, cfg, grid=8), cluster_eval(feats, bands, cfg, grid=8)
+    a = cluster_eval(feats, bands, cfg, grid=8, figure_examples=2)
+    b = cluster_eval(feats, bands, cfg, grid=8, figure_examples=2)
     assert [r.miou_per_seed for r in a.results] == [r.miou_per_seed for r in b.results]
     assert [r.objective_per_seed for r in a.results] == [r.objective_per_seed for r in b.results]
     objectives = a.results[1].objective_per_seed
@@ -145,4 +145,4 @@ def test_k_values_order_and_validation() -> None:
 
 def test_bad_feature_shape_fails_clearly(bands: object) -> None:
     with pytest.raises(ValueError, match=r"val_features shape \(12, 49, 16\)"):
-        cluster_eval(torch.zeros(12, 49, 16), bands, _cfg(), grid=8)
+        cluster_eval(torch.zeros(12, 49, 16), bands, _cfg(), grid=8, figure_examples=2)

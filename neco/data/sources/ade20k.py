@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neco.config import DownloadConfig
 from neco.data.class_names import ADE20K_CLASS_NAMES
 from neco.data.hbird_sets import HbirdSetsConfig, fetch_hbird_sets, install_hbird_sets
 from neco.data.label_png import check_label_values, image_size, read_label_png
@@ -28,7 +29,6 @@ from neco.data.meta import SplitRecord, build_meta, write_meta, write_split
 from neco.data.source_archives import archive_sources, extract_sources, fetch_sources
 from neco.data.staging import log_progress, staged_dir
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,12 @@ class Ade20kConfig:
         hbird_sets: Hummingbird file sets to fetch and install, or None.
         verify_counts: assert the §3.3/§7 counts and md5s (true for the real dataset).
         cache_dir: shared folder of verified archives, or None.
-        download: retries, timeouts and backoff of the fetch.
     """
 
     archives: dict[str, ArchiveConfig]
     hbird_sets: HbirdSetsConfig | None
     verify_counts: bool
     cache_dir: str | None
-    download: DownloadConfig
 
 
 def _archives(cfg: Ade20kConfig) -> dict[str, ArchiveConfig]:
@@ -64,13 +62,18 @@ def _archives(cfg: Ade20kConfig) -> dict[str, ArchiveConfig]:
     return {"ade20k": cfg.archives["ade20k"]}
 
 
-def fetch_ade20k(cfg: Ade20kConfig, raw_dir: Path, *, progress: bool) -> None:
-    """Download stage of ``ade20k``: the archive and the Hummingbird file sets."""
-    fetch_sources(_archives(cfg), raw_dir, cache_dir=cfg.cache_dir, download=cfg.download,
+def fetch_ade20k(
+    cfg: Ade20kConfig, raw_dir: Path, *, download: DownloadConfig, progress: bool
+) -> None:
+    """Download stage of ``ade20k``: the archive and the Hummingbird file sets.
+
+    ``download`` is ``runtime.download`` (retries, timeout, backoff; cannot change any file).
+    """
+    fetch_sources(_archives(cfg), raw_dir, cache_dir=cfg.cache_dir, download=download,
                   progress=progress, param_prefix="datasets.ade20k.archives")
     if cfg.hbird_sets is not None:
         fetch_hbird_sets(cfg.hbird_sets, raw_dir / "hbird_sets", dataset="ade20k",
-                         verify=cfg.verify_counts, download=cfg.download, progress=progress)
+                         verify=cfg.verify_counts, download=download, progress=progress)
 
 
 def prepare_ade20k(cfg: Ade20kConfig, raw_dir: Path, out_dir: Path, *, progress: bool) -> None:

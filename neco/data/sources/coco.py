@@ -29,10 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
+from neco.config import DownloadConfig
 from neco.data.label_png import image_size, read_label_png, write_label_png
 from neco.data.meta import SplitRecord, build_meta, write_meta, write_split
 from neco.data.sources import coco_categories as cc
@@ -45,7 +46,7 @@ from neco.data.sources.coco_masks import (
 from neco.data.staging import log_progress, staged_dir
 from neco.download.archives import ArchiveConfig
 from neco.download.extract import archive_checksum, extract_archive, extract_nested_zips
-from neco.download.fetch import DownloadConfig, fetch_archives
+from neco.download.fetch import fetch_archives
 from neco.io import write_json
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,6 @@ class CocoConfig:
         regenerate_stuff_from_json: cross-check val stuff masks against pycocotools.
         verify_counts: assert the production counts (118,287 / 5,000).
         cache_dir: optional shared directory of verified archives.
-        download: network retries/timeout/backoff.
     """
 
     archives: dict[str, ArchiveConfig]
@@ -95,19 +95,21 @@ class CocoConfig:
     convert_train: ConvertTrain
     regenerate_stuff_from_json: bool
     verify_counts: bool
-    cache_dir: Optional[str]
-    download: DownloadConfig
+    cache_dir: str | None
 
 
-def fetch_coco(cfg: CocoConfig, raw_dir: Path, *, progress: bool) -> None:
-    """Download stage for COCO: fetch and verify the four archives into ``raw_dir``."""
+def fetch_coco(cfg: CocoConfig, raw_dir: Path, *, download: DownloadConfig, progress: bool) -> None:
+    """Download stage for COCO: fetch and verify the four archives into ``raw_dir``.
+
+    ``download`` is ``runtime.download`` (retries, timeout, backoff; cannot change any file).
+    """
     missing = [k for k in ARCHIVE_KEYS if k not in cfg.archives]
     if missing:
         raise ValueError(f"datasets.coco.archives is missing key(s) {missing}")
     fetch_archives(cfg.archives, Path(raw_dir),
                    cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None, progress=progress,
-                   retries=cfg.download.retries, timeout_s=cfg.download.timeout_s,
-                   backoff_s=cfg.download.backoff_s, param_prefix="datasets.coco.archives")
+                   retries=download.retries, timeout_s=download.timeout_s,
+                   backoff_s=download.backoff_s, param_prefix="datasets.coco.archives")
 
 
 def linear_subset_name(fraction: float, seed: int) -> str:
@@ -254,7 +256,7 @@ def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: boo
 
 def _convert_split(split: str, split_ids: Sequence[str], ex: dict[str, Path],
                    paths: dict[str, Path], stage: Path, t_lut: np.ndarray, s_lut: np.ndarray,
-                   stats: dict[str, Any], progress: bool, pan: Optional[dict[str, Any]]) -> None:
+                   stats: dict[str, Any], progress: bool, pan: dict[str, Any] | None) -> None:
     """Write things and stuff masks of ``split_ids`` into ``stage/{things,stuff}/masks/split``."""
     if not split_ids:
         return

@@ -20,13 +20,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
+from neco.config import DownloadConfig
 from neco.data.meta import build_meta, write_meta, write_split
 from neco.data.staging import log_progress, staged_dir
 from neco.download.archives import ArchiveConfig
 from neco.download.extract import archive_checksum, extract_selected_inner_tars
-from neco.download.fetch import DownloadConfig, fetch_archives
+from neco.download.fetch import fetch_archives
 from neco.io import write_bytes
 
 CONVERTER_VERSION = "in100-1"
@@ -46,14 +46,12 @@ class In100Config:
         class_list: path of a wnid list, or None for the vendored ``imagenet100.txt``.
         verify_counts: production mode: assert the class-list md5 and 126,689 images.
         cache_dir: optional shared directory of verified archives.
-        download: retries/timeout/backoff (unused for local files; kept for uniformity).
     """
 
     archives: dict[str, ArchiveConfig]
-    class_list: Optional[str]
+    class_list: str | None
     verify_counts: bool
-    cache_dir: Optional[str]
-    download: DownloadConfig
+    cache_dir: str | None
 
 
 def vendored_class_list() -> Path:
@@ -61,7 +59,7 @@ def vendored_class_list() -> Path:
     return Path(__file__).with_name("imagenet100.txt")
 
 
-def read_class_list(path: Path, *, expect_md5: Optional[str]) -> list[str]:
+def read_class_list(path: Path, *, expect_md5: str | None) -> list[str]:
     """Read a wnid list: one ``nXXXXXXXX`` per line, LF, unique.
 
     Args:
@@ -86,8 +84,13 @@ def read_class_list(path: Path, *, expect_md5: Optional[str]) -> list[str]:
     return wnids
 
 
-def fetch_in100(cfg: In100Config, raw_dir: Path, *, progress: bool) -> None:
+def fetch_in100(
+    cfg: In100Config, raw_dir: Path, *, download: DownloadConfig, progress: bool
+) -> None:
     """Download stage for ImageNet-100: verify the user's archive and link it into ``raw_dir``.
+
+    ``download`` (``runtime.download``) is accepted for the uniform fetch signature; a
+    ``local_path`` never touches the network.
 
     Raises:
         ValueError: when ``local_path`` is not set (ImageNet needs a login).
@@ -105,8 +108,8 @@ def fetch_in100(cfg: In100Config, raw_dir: Path, *, progress: bool) -> None:
                           size=arc.size, local_path=arc.local_path)
     fetch_archives({ARCHIVE_KEY: local}, Path(raw_dir),
                    cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None, progress=progress,
-                   retries=cfg.download.retries, timeout_s=cfg.download.timeout_s,
-                   backoff_s=cfg.download.backoff_s, param_prefix="datasets.in100.archives")
+                   retries=download.retries, timeout_s=download.timeout_s,
+                   backoff_s=download.backoff_s, param_prefix="datasets.in100.archives")
 
 
 def prepare_in100(cfg: In100Config, raw_dir: Path, out_dir: Path, *, progress: bool) -> None:

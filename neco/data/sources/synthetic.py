@@ -1,8 +1,8 @@
 """The synthetic demo source: generate (its "download") and prepare (datasets.md §11).
 
-The generator (``neco.data.sources.synthetic_images``) writes the VOC 2012 raw layout, so the demo is prepared
-by the unchanged VOC converter with SBD disabled (``trainaug`` = ``train``), no Hummingbird
-file sets and no count checks. Class names come from the generator's ``manifest.json``.
+The generator (``neco.data.sources.synthetic_images``) writes the VOC 2012 raw layout, so the
+demo is prepared by the unchanged VOC converter with SBD disabled (``trainaug`` = ``train``), no
+Hummingbird file sets and no count checks. Class names come from the generator's ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from neco.config import DownloadConfig
 from neco.data.meta import md5_file
 from neco.data.sources.synthetic_images import SyntheticConfig, generate
 from neco.data.sources.voc import IGNORE_INDEX, TrainaugMasks, prepare_voc_tree
@@ -27,8 +28,15 @@ class SyntheticSourceConfig:
     generator: SyntheticConfig
 
 
-def fetch_synthetic(cfg: SyntheticSourceConfig, raw_dir: Path, *, progress: bool) -> None:
-    """Download stage of ``synthetic``: generate the raw VOC-layout dataset."""
+def fetch_synthetic(
+    cfg: SyntheticSourceConfig, raw_dir: Path, *, download: DownloadConfig, progress: bool
+) -> None:
+    """Download stage of ``synthetic``: generate the raw VOC-layout dataset.
+
+    ``download`` (``runtime.download``) is accepted for the uniform fetch signature and ignored:
+    nothing is downloaded.
+    """
+    del download
     generate(cfg.generator, Path(raw_dir), progress=progress)
 
 

@@ -87,7 +87,8 @@ def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
         ],
         0,
     )
-    return np.take_along_axis(table, sector[None, ..., None], 0)[0]
+    rgb: np.ndarray = np.take_along_axis(table, sector[None, ..., None], 0)[0]
+    return rgb
 
 
 def sample_colour_pair(
@@ -212,10 +213,12 @@ def texture_mask(
     half = period / 2.0
     a = np.floor((c * xx + s * yy) / half + phase[0]).astype(np.int64)
     if texture is Texture.STRIPES:
-        return (a % 2) == 1
+        stripes: np.ndarray = (a % 2) == 1
+        return stripes
     if texture is Texture.CHECKER:
         b = np.floor((c * yy - s * xx) / half + phase[1]).astype(np.int64)
-        return ((a + b) % 2) == 1
+        checker: np.ndarray = ((a + b) % 2) == 1
+        return checker
     raise ValueError(f"unknown texture {texture!r}; expected one of {[m.value for m in Texture]}")
 
 
@@ -240,7 +243,8 @@ def low_frequency_field(
     g11 = grid[iy + 1][:, ix + 1]
     top = g00 + (g01 - g00) * fx
     bottom = g10 + (g11 - g10) * fx
-    return top + (bottom - top) * fy
+    field: np.ndarray = top + (bottom - top) * fy
+    return field
 
 
 def pixel_noise(rng: np.random.Generator, shape: tuple[int, ...], *, sigma: float) -> np.ndarray:
@@ -256,7 +260,8 @@ def pixel_noise(rng: np.random.Generator, shape: tuple[int, ...], *, sigma: floa
     n = int(np.prod(shape))
     raw = np.frombuffer(rng.bytes(_NOISE_BYTES * n), dtype=np.uint8).reshape(n, _NOISE_BYTES)
     centred = raw.sum(axis=1, dtype=np.int64).astype(np.float64) - _NOISE_BYTES * 127.5
-    return (centred * (sigma / _NOISE_SD)).reshape(shape)
+    noise: np.ndarray = (centred * (sigma / _NOISE_SD)).reshape(shape)
+    return noise
 
 
 def boundary_band(labels: np.ndarray, width: int) -> np.ndarray:
@@ -281,4 +286,5 @@ def boundary_band(labels: np.ndarray, width: int) -> np.ndarray:
     rows_min = np.min([padded[i : i + h, :] for i in range(k)], axis=0)
     full_max = np.max([rows_max[:, j : j + w] for j in range(k)], axis=0)
     full_min = np.min([rows_min[:, j : j + w] for j in range(k)], axis=0)
-    return full_max != full_min
+    band: np.ndarray = full_max != full_min
+    return band

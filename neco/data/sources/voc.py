@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from neco.config import DownloadConfig
 from neco.data.class_names import VOC_CLASS_NAMES
 from neco.data.hbird_sets import HbirdSetsConfig, fetch_hbird_sets, install_hbird_sets
 from neco.data.label_png import check_label_values, image_size, read_label_png, write_label_png
@@ -34,7 +35,6 @@ from neco.data.meta import SplitRecord, build_meta, parse_id_list, write_meta, w
 from neco.data.source_archives import archive_sources, extract_sources, fetch_sources
 from neco.data.staging import log_progress, staged_dir
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class VocConfig:
         hbird_sets: Hummingbird file sets to fetch and install, or None.
         verify_counts: assert the §2.3/§7 counts and md5s (true for the real dataset).
         cache_dir: shared folder of verified archives, or None.
-        download: retries, timeouts and backoff of the fetch.
     """
 
     archives: dict[str, ArchiveConfig]
@@ -77,7 +76,6 @@ class VocConfig:
     hbird_sets: HbirdSetsConfig | None
     verify_counts: bool
     cache_dir: str | None
-    download: DownloadConfig
 
 
 def required_archives(cfg: VocConfig) -> list[str]:
@@ -100,14 +98,17 @@ def required_archives(cfg: VocConfig) -> list[str]:
     return keys
 
 
-def fetch_voc(cfg: VocConfig, raw_dir: Path, *, progress: bool) -> None:
-    """Download stage of ``voc``: the needed archives and the Hummingbird file sets."""
+def fetch_voc(cfg: VocConfig, raw_dir: Path, *, download: DownloadConfig, progress: bool) -> None:
+    """Download stage of ``voc``: the needed archives and the Hummingbird file sets.
+
+    ``download`` is ``runtime.download`` (retries, timeout, backoff; cannot change any file).
+    """
     keys = required_archives(cfg)
     fetch_sources({k: cfg.archives[k] for k in keys}, raw_dir, cache_dir=cfg.cache_dir,
-                  download=cfg.download, progress=progress, param_prefix="datasets.voc.archives")
+                  download=download, progress=progress, param_prefix="datasets.voc.archives")
     if cfg.hbird_sets is not None:
         fetch_hbird_sets(cfg.hbird_sets, raw_dir / "hbird_sets", dataset="voc",
-                         verify=cfg.verify_counts, download=cfg.download, progress=progress)
+                         verify=cfg.verify_counts, download=download, progress=progress)
 
 
 def prepare_voc(cfg: VocConfig, raw_dir: Path, out_dir: Path, *, progress: bool) -> None:

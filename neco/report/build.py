@@ -1,0 +1,81 @@
+"""The report stage's library entry: metrics files in; ``metrics.json``, ``tables.md`` and the
+loss plot out."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from neco.config.sections import ReportConfig
+from neco.figures import plot_training_curve, read_training_curves
+from neco.io import write_json, write_text
+from neco.report.collect import PROTOCOL_ORDER, ReportInputError, load_metrics, rollup
+from neco.report.document import render_tables
+from neco.report.paper import load_paper_results
+
+LOSS_FIGURE = "training_loss.png"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportInputError(f"{path}: invalid JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise ReportInputError(f"{path}: expected a JSON object ({what})")
+    return obj
+
+
+def _link(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def build_report(
+    cfg: ReportConfig,
+    *,
+    datasets: Sequence[str],
+    metrics_dir: Path,
+    train_summary: Path,
+    train_plots: Path,
+    resolved_config: Path,
+    paper: Path,
+    out_metrics: Path,
+    out_tables: Path,
+    out_figures: Path,
+    protocols: Sequence[str] = PROTOCOL_ORDER,
+) -> dict[str, Any]:
+    """Roll up exactly the metrics files the params declare and write the report outputs.
+
+    Only ``<metrics_dir>/<protocol>/<dataset>.json`` for the declared ``datasets`` and
+    ``protocols`` is read: a file left over from a dataset no longer in ``eval.datasets`` is
+    never rolled up, and a declared one that is missing is an error naming it.
+
+    Returns:
+        The roll-up written to ``out_metrics``.
+    """
+    entries = load_metrics(metrics_dir, datasets=datasets, protocols=protocols)
+    summary = _read_json(train_summary, "training summary")
+    resolved = _read_json(resolved_config, "resolved training config")
+    paper_rows = load_paper_results(paper)
+    if not train_plots.is_dir():
+        raise FileNotFoundError(f"{train_plots}: dvclive plots directory not found")
+
+    loss_png = out_figures / LOSS_FIGURE
+    plot_training_curve(read_training_curves(train_plots), loss_png)
+    figures = [out_figures / f"{p}_{d}.png" for p in protocols for d in datasets]
+    start = out_tables.parent
+    metrics = rollup(entries, summary, train_source=str(train_summary))
+    write_json(out_metrics, metrics)
+    write_text(out_tables, render_tables(
+        entries, train_summary=summary, resolved_config=resolved, paper_rows=paper_rows,
+        cfg=cfg, loss_figure=_link(loss_png, start),
+        figures=[_link(p, start) for p in sorted(figures) if p.is_file()],
+    ))
+    print(f"[report] {len(entries)} eval file(s), {len(metrics)} roll-up leaves -> "
+          f"{out_metrics}, {out_tables}")
+    return metrics
