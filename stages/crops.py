@@ -19,37 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from neco.config.method import CropConfig
-from neco.method.manifest import build_manifest, write_manifest
+from neco.method.manifest import write_manifest_for
 
 PARAMS = ["seed", "data.train", "crops", "train.backbone", "train.epochs"]
-
-
-def image_sizes(images: Any) -> list[tuple[str, int, int]]:
-    """``(id, width, height)`` per image of an ``ImageDataset``-like object, in split order."""
-    return [(i, w, h) for i, (h, w) in zip(images.ids, images.sizes(), strict=True)]
-
-
-def run(
-    images: Any,
-    *,
-    out: Path,
-    seed: int,
-    epochs: int,
-    cfg: CropConfig,
-    global_size: int,
-    local_size: int,
-) -> int:
-    """Build and write the manifest for ``images``; return the number of rows."""
-    df = build_manifest(
-        image_sizes(images),
-        epochs=epochs,
-        seed=seed,
-        cfg=cfg,
-        global_size=global_size,
-        local_size=local_size,
-    )
-    write_manifest(df, out)
-    return len(df)
 
 
 def _resolved(params: Path) -> tuple[int, CropConfig, dict[str, Any]]:
@@ -95,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         image_dir = args.image_dir or f"images/{args.split}"
         images = ImageDataset(args.data, args.split, image_dir=image_dir, image_ext=".jpg")
     t0 = time.perf_counter()
-    rows = run(
+    rows = write_manifest_for(
         images,
         out=args.out,
         seed=seed,

@@ -342,3 +342,35 @@ class ManifestIndex:
             self._gc[epoch, index],
             self._all[epoch, index],
         )
+
+
+def image_sizes(images: Any) -> list[tuple[str, int, int]]:
+    """``(id, width, height)`` per image of an ``ImageDataset``-like object, in split order."""
+    return [(i, w, h) for i, (h, w) in zip(images.ids, images.sizes(), strict=True)]
+
+
+def write_manifest_for(
+    images: Any,
+    *,
+    out: Path,
+    seed: int,
+    epochs: int,
+    cfg: CropConfig,
+    global_size: int,
+    local_size: int,
+) -> int:
+    """Build the manifest for ``images`` (an ``ImageDataset``-like object) and write it atomically.
+
+    Returns:
+        The number of rows written.
+    """
+    df = build_manifest(
+        image_sizes(images),
+        epochs=epochs,
+        seed=seed,
+        cfg=cfg,
+        global_size=global_size,
+        local_size=local_size,
+    )
+    write_manifest(df, out)
+    return len(df)
