@@ -19,6 +19,7 @@ PARAMS = [
     "eval.models",
     "eval.checkpoint",
     "eval.checkpoint_key",
+    "eval.release_revision",
     "eval.features",
     "eval.{protocol}",
 ]
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--features", type=Path, required=True, help="features stage output")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--figure", type=Path, required=True)
+    parser.add_argument("--timings", type=Path, default=None,
+                        help="wall times (not a result: untracked, outside the DVC outputs)")
     args = parser.parse_args(argv)
 
     seed = load_value(args.params, "seed", int)
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     evaluate(args.protocol, args.dataset, seed=seed, train=train, ev=ev, data_root=args.data,
              init_dir=args.init, models_dir=args.models, features_dir=args.features, out=args.out,
-             figure=args.figure, runtime=runtime)
+             figure=args.figure, runtime=runtime, timings=args.timings)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ PARAMS = [
     "eval.models",
     "eval.checkpoint",
     "eval.checkpoint_key",
+    "eval.release_revision",
     "eval.features",
 ]
 

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--live", type=Path, required=True)
+    parser.add_argument("--timings", type=Path, default=None,
+                        help="run facts that are not results (wall time, images/s, resumed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         live_dir=args.live,
         runtime=runtime,
         init_weights=args.init,
+        timings_path=args.timings,
     )
     if summary and summary["final_loss"] is not None:
         print(f"[train] {summary['steps']} steps, loss {summary['initial_loss']:.4f} -> "

@@ -9,6 +9,7 @@ and reproduces DINOv2's ``prepare_tokens_with_masks`` / ``interpolate_pos_encodi
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import torch
@@ -187,3 +188,176 @@ def reference_vit_forward(
         t = t + (y * sd[p + "ls2.gamma"] if p + "ls2.gamma" in sd else y)
     t = F.layer_norm(t, (dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
     return t[:, 1 + n_reg :]
+
+
+# ------------------------------------------------------------------------------------------
+# Whole files in each published layout (checkpoints.md M1-M5). Random values; the key names and
+# containers are the originals', including the non-backbone groups. Heads, prototypes and other
+# dropped groups use small shapes (their shapes are never read); the ViT has the registry's real
+# dims. Every builder returns ``(file_object, backbone)``: ``backbone`` is the ViT state dict in
+# official names (DINOv2 / DINO), i.e. what must end up in the model.
+
+
+def _prefixed(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _shifted(sd: dict[str, torch.Tensor], delta: float) -> dict[str, torch.Tensor]:
+    """Another network with the same names (a teacher / momentum copy)."""
+    return {k: v + delta for k, v in sd.items()}
+
+
+def vit_for(arch: str, *, seed: int) -> dict[str, torch.Tensor]:
+    """The official-name ViT of a release architecture.
+
+    ``dinov2`` (ViT-S/14, 0 registers, ``mask_token``), ``dinov2_reg`` (4 registers),
+    ``dino`` (DINO ViT-S/16: no LayerScale, no mask token).
+    """
+    if arch == "dinov2":
+        return dinov2_vits14(registers=0, seed=seed)
+    if arch == "dinov2_reg":
+        return dinov2_vits14(registers=4, seed=seed)
+    if arch == "dino":
+        return dino_vits16(seed=seed)
+    raise ValueError(arch)
+
+
+def projection_head(
+    *, dim: int, seed: int, hidden: int = 32, out: int = 16
+) -> dict[str, torch.Tensor]:
+    """NeCo / Leopart ``projection_head``: Linear-GELU-Linear-GELU-Linear (indices 0, 2, 4)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"0": (hidden, dim), "2": (hidden, hidden), "4": (out, hidden)}
+    sd: dict[str, torch.Tensor] = {}
+    for i, (o, n) in shapes.items():
+        sd[f"projection_head.{i}.weight"] = _t(g, o, n)
+        sd[f"projection_head.{i}.bias"] = _t(g, o)
+    return sd
+
+
+def dinov2_hub_file(*, registers: int, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``dinov2_vits14[_reg4]_pretrain.pth``: the plain hub state dict (``mask_token`` included)."""
+    sd = dinov2_vits14(registers=registers, seed=seed)
+    return dict(sd), sd
+
+
+def dino_full_checkpoint(*, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """DINO ``*_full_checkpoint.pth``: ``student`` (DDP ``module.``), ``teacher``
+    (``backbone.*`` + DINOHead ``head.*``), optimizer, epoch, args, dino_loss."""
+    vit = dino_vits16(seed=seed)
+    head = dino_head(dim=384, seed=seed + 1)
+    teacher = {**_prefixed("backbone.", vit), **_prefixed("head.", head)}
+    student = _prefixed("module.", _shifted(teacher, 1.0))
+    ckpt = {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 100,
+        "args": argparse.Namespace(arch="vit_small", patch_size=16, out_dim=65536),
+        "dino_loss": {"center": torch.zeros(1, 8)},
+    }
+    return ckpt, vit
+
+
+def ibot_file(*, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """iBOT ``checkpoint_teacher.pth``: ``{'state_dict': teacher backbone}``, the backbone
+    holding iBOT's ``masked_embed`` (1, D)."""
+    vit = dino_vits16(seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return {"state_dict": {**vit, "masked_embed": _t(g, 1, 384)}}, vit
+
+
+def cribo_file(*, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """CrIBo checkpoint: DINO-like full checkpoint, ``teacher`` = ``backbone.*`` + ``head.*``."""
+    vit = dino_vits16(seed=seed)
+    head = dino_head(dim=384, seed=seed + 1)
+    teacher = {**_prefixed("backbone.", vit), **_prefixed("head.", head)}
+    ckpt = {
+        "student": _prefixed("module.", _shifted(teacher, 1.0)),
+        "teacher": teacher,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 800,
+        "args": argparse.Namespace(arch="vit_small", patch_size=16),
+    }
+    return ckpt, vit
+
+
+def leopart_file(
+    *, seed: int, prefix: str = "model.", teacher: bool = False
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Leopart full ckpt: the ViT + ``projection_head.*`` + ``prototypes.weight`` under one
+    module prefix (the README's loader strips one component; ``prefix=""``: unprefixed), and
+    optionally a ``teacher.*`` momentum copy."""
+    vit = dino_vits16(seed=seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    model = {**vit, **projection_head(dim=384, seed=seed + 1), "prototypes.weight": _t(g, 10, 16)}
+    sd = _prefixed(prefix, model)
+    if teacher:
+        sd.update(_prefixed("teacher.", _shifted(model, 1.0)))
+    return sd, vit
+
+
+def timetuning_file(*, seed: int, teacher: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """TimeT ``TimeT.pth``: the flat TimeT module state dict: ``feature_extractor.backbone.*``
+    (ViT), ``feature_extractor.head.*``, ``prototypes`` and, after momentum init,
+    ``teacher.backbone.*``, ``teacher.head.*``, ``teacher_prototypes``."""
+    vit = dino_vits16(seed=seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    head = {
+        "0.weight": _t(g, 32, 384), "0.bias": _t(g, 32),
+        "2.weight": _t(g, 16, 32), "2.bias": _t(g, 16),
+    }  # fmt: skip
+    sd = {
+        **_prefixed("feature_extractor.backbone.", vit),
+        **_prefixed("feature_extractor.head.", head),
+        "prototypes": _t(g, 10, 16),
+    }
+    if teacher:
+        sd.update(_prefixed("teacher.backbone.", _shifted(vit, 1.0)))
+        sd.update(_prefixed("teacher.head.", _shifted(head, 1.0)))
+        sd["teacher_prototypes"] = _t(g, 10, 16)
+    return sd, vit
+
+
+def neco_release_file(
+    arch: str, which: str, *, seed: int = 0, prefix: str = "", container: bool = False
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A released NeCo ``*_model.ckpt`` (``which="student"``) / ``*_teacher.ckpt`` file.
+
+    As the NeCo README loads it: one network's ViT state dict in official names (``arch``:
+    ``dinov2`` also for the XR files, ``dinov2_reg``, ``dino`` for the DINO/TimeT/Leopart
+    files) plus NeCo's ``projection_head.*``. ``prefix`` (``model.`` / ``teacher.``) and
+    ``container`` (``{'state_dict': ...}``) give the variants the official evaluation code also
+    accepts. Student and teacher get different values.
+    """
+    vit = _shifted(vit_for(arch, seed=seed), 0.0 if which == "student" else 1.0)
+    sd = _prefixed(prefix, {**vit, **projection_head(dim=384, seed=seed + 7)})
+    return ({"state_dict": sd} if container else sd), vit
+
+
+def neco_lightning_checkpoint(arch: str, *, seed: int = 0) -> tuple[dict, dict, dict]:
+    """A NeCo Lightning ``.ckpt``: ``state_dict`` with ``model.*`` and ``teacher.*`` (each ViT +
+    projection head) plus trainer state. Returns ``(ckpt, student_vit, teacher_vit)``."""
+    s_obj, s_vit = neco_release_file(arch, "student", seed=seed, prefix="model.")
+    t_obj, t_vit = neco_release_file(arch, "teacher", seed=seed, prefix="teacher.")
+    ckpt = {"state_dict": {**s_obj, **t_obj}, "epoch": 24, "global_step": 46200,
+            "hyper_parameters": {"lr": 1e-5}}  # fmt: skip
+    return ckpt, s_vit, t_vit
+
+
+def to_timm(sd: dict[str, torch.Tensor], *, registers: str) -> dict[str, torch.Tensor]:
+    """The documented conversion of an official-name ViT into the model's timm layout.
+
+    ``registers``: ``absent`` (names already equal), ``convert`` (DINOv2 register model: timm
+    ``reg_token`` and ``no_embed_class``: ``cls_token + pos_embed[:, :1]``, ``pos_embed[:, 1:]``)
+    or ``drop`` (XR: ``register_tokens`` discarded). ``mask_token`` is never part of the model.
+    """
+    out = {k: v for k, v in sd.items() if k != "mask_token"}
+    if registers == "drop":
+        out.pop("register_tokens")
+    elif registers == "convert":
+        pos = out.pop("pos_embed")
+        out["reg_token"] = out.pop("register_tokens")
+        out["cls_token"] = out["cls_token"] + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
+    return out

@@ -286,3 +286,27 @@ def test_state_dict_holds_queue_and_excludes_nothing(tiny: TinySetup) -> None:
     assert any(k.startswith("teacher.backbone.") for k in keys)
     assert any(k.startswith("student.head.") for k in keys)
     copy.deepcopy(make_module(tiny))  # picklable/copyable for DDP spawn and checkpoints
+
+
+def test_no_teacher_ablation_trains_from_a_second_student_forward(
+    tiny: TinySetup, batch: Batch
+) -> None:
+    """``use_teacher: false`` must train: targets from a second student forward of the global
+    crops (official), not the detached student itself (whose gradient is identically zero)."""
+    module = make_module(tiny, lr_backbone=1e-3, lr_heads=1e-3,
+                         loss={"queue": False, "use_teacher": False})
+    s0 = clone_state(module.student["backbone"])
+    calls: list[int] = []
+    original = module._maps
+
+    def counting(net: Any, views: Any) -> Any:
+        calls.append(len(views))
+        return original(net, views)
+
+    module._maps = counting  # type: ignore[method-assign]
+    fit_steps(module, batch, 2)
+    assert calls[:2] == [6, 2]  # all 6 crops, then the 2 global crops again
+    s1 = module.student["backbone"].state_dict()
+    moved = max(float((s1[k] - s0[k]).abs().max()) for k in s0)
+    assert moved > 1e-6, "the student did not move: zero gradient"
+    assert all(p.grad is None for p in module.teacher.parameters())

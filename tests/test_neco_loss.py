@@ -361,14 +361,39 @@ def test_loss_from_maps_runs_and_backpropagates(use_queue: bool) -> None:
         )
 
 
-def test_no_teacher_targets_are_detached_student() -> None:
-    """use_teacher=False with equal steepness: Q = sg(P), rows of P sum to 1 -> zero gradient."""
-    f_s, _, refs = random_inputs(2, 2, 9, 9, 4, seed=11)
+def test_no_teacher_targets_come_from_the_given_target_features() -> None:
+    """use_teacher=False: Q is sorted (without grad) from the second-forward target features,
+    not from sg(P), so the gradient does not vanish (it did when Q was the detached student)."""
+    f_s, f_t, refs = random_inputs(2, 2, 9, 9, 4, seed=11)
     cfg = make_cfg(use_teacher=False)
-    loss, stats = neco_loss(f_s, None, refs, cfg)
+    loss, stats = neco_loss(f_s, f_t, refs, cfg)
     (grad,) = torch.autograd.grad(loss, f_s)
-    assert grad.abs().max() < 1e-12
-    assert abs(loss.item() - stats["teacher_entropy"].item()) < 1e-12
-    sharper = replace(cfg, steepness_teacher=1000.0)
-    (grad2,) = torch.autograd.grad(neco_loss(f_s, None, refs, sharper)[0], f_s)
-    assert grad2.abs().max() > 1e-6
+    assert grad.abs().max() > 1e-6
+    assert loss.item() > stats["teacher_entropy"].item() + 1e-6  # P != Q: above the bound
+    same, _ = neco_loss(f_s, f_t, refs, make_cfg(use_teacher=True))
+    assert same.item() == loss.item()  # the flag only changes where f_t comes from
+
+
+def test_no_teacher_in_batch_references_keep_their_gradient() -> None:
+    """Official ablation: the target forward is not under no_grad, so in-batch references
+    (cut from it) carry gradient into the student sort; queue pushes stay detached."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(3)
+    cfg = make_cfg(use_teacher=False, queue=False)
+    maps_s = [torch.randn(2, 8, 4, 4, generator=g, requires_grad=True) for _ in range(4)]
+    maps_t = [torch.randn(2, 8, 4, 4, generator=g, requires_grad=True) for _ in range(2)]
+    boxes_t = torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(2, 2, 4, 4).clone()
+    boxes_s = torch.tensor([0.0, 0.0, 4.0, 4.0]).expand(2, 4, 2, 4).clone()
+    loss, _ = loss_from_maps(student_maps=maps_s, teacher_maps=maps_t, boxes_teacher=boxes_t,
+                             boxes_student=boxes_s, cfg=replace(cfg, roi_k=2, n_refs=4),
+                             queue=None, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad(loss, maps_t + maps_s)
+    assert max(float(x.abs().max()) for x in grads[:2]) > 0  # through the references
+    assert max(float(x.abs().max()) for x in grads[2:]) > 0
+    with_teacher, _ = loss_from_maps(
+        student_maps=maps_s, teacher_maps=maps_t, boxes_teacher=boxes_t, boxes_student=boxes_s,
+        cfg=replace(cfg, roi_k=2, n_refs=4, use_teacher=True), queue=None,
+        generator=torch.Generator().manual_seed(0))
+    assert with_teacher.item() == pytest.approx(loss.item())
+    (t_grad,) = torch.autograd.grad(with_teacher, maps_t[0], allow_unused=True)
+    assert t_grad is None  # with a teacher nothing flows into the teacher maps

@@ -128,7 +128,8 @@ def test_paths_in_cmd_are_declared(name: str, item: str, body: dict[str, Any]) -
     ]
     argv = shlex.split(body["cmd"])
     for flag, value in zip(argv, argv[1:], strict=False):  # (argument, next argument) pairs
-        skipped = ("--params", "--dataset", "--protocol", "--checkpoints")
+        # --checkpoints: the resume side channel; --timings: wall times (untracked, no result)
+        skipped = ("--params", "--dataset", "--protocol", "--checkpoints", "--timings")
         if not flag.startswith("--") or flag in skipped:
             continue
         if "/" not in value:
@@ -184,3 +185,15 @@ def test_code_deps_are_the_import_closure(name: str, item: str, body: dict[str, 
     declared = {d for d in body.get("deps", []) if isinstance(d, str) and d.startswith("neco")}
     assert f"stages/{script.name}" in body.get("deps", []), f"{name}: its script is not a dep"
     assert declared == _stage_code_closure(script), f"{name}@{item}: code deps drifted"
+
+
+def test_timings_are_outside_every_output_and_git_ignored() -> None:
+    """Wall times change on every run: they must not be part of any versioned output."""
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/reports/timings/" in ignored
+    for name, item, body in STAGES:
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
+        assert not any(o.startswith("reports/timings") for o in outs), f"{name}@{item}"
+        argv = shlex.split(body["cmd"])
+        if "--timings" in argv:
+            assert argv[argv.index("--timings") + 1].startswith("reports/timings/")

@@ -96,7 +96,9 @@ def test_inbatch_references(n: int) -> None:
     f_t = torch.arange(b * m, dtype=torch.float32).unsqueeze(1).repeat(1, d).reshape(b, m, d)
     f_t.requires_grad_()
     out = inbatch_references(f_t, n=n, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (b, n, d) and not out.requires_grad
+    assert out.shape == (b, n, d)
+    assert out.requires_grad  # keeps the input's autograd state (no-teacher ablation)
+    assert not inbatch_references(f_t.detach(), n=n, generator=torch.Generator()).requires_grad
     ids = out[..., 0].flatten().long()
     assert ids.min() >= 0 and ids.max() < b * m
     counts = torch.bincount(ids, minlength=b * m)

@@ -35,6 +35,7 @@ def cluster(means: dict[int, float], *, c: int, cap: dict[int, int] | None = Non
             std: float | None = 0.01) -> dict[str, Any]:
     cap = cap or {}
     results = [{"k_requested": k, "k_used": cap.get(k, k), "capped": k in cap,
+                "under_clustering": cap.get(k, k) < c,
                 "matching": "hungarian" if k == c else "many_to_one_precision",
                 "mean": m, "std": std, "miou_per_seed": [m], "seeds": [0]}
                for k, m in means.items()]
@@ -93,7 +94,6 @@ def test_rollup_exact_keys_and_values() -> None:
         "overcluster.synthetic.neco.k28.miou": 41.0,
         "overcluster.synthetic.neco.k7.miou": 25.0,
         "train.final_loss": 3.5123,
-        "train.images_per_s": 7.46,
         "train.initial_loss": 3.9123,
         "train.steps": 12,
     }
@@ -222,6 +222,15 @@ def test_markdown_demo_has_dashes_flags_and_sections(paper_rows) -> None:  # typ
     assert md.endswith("\n") and not md.endswith("\n\n")
 
 
+def test_under_clustering_is_flagged_in_the_table(paper_rows) -> None:  # type: ignore[no-untyped-def]
+    e = collect(entry("overcluster", "ade20k", {
+        "init": cluster({151: 0.2, 100: 0.15, 300: 0.3}, c=151)}), source="o.json")
+    md = _render([e], paper_rows)
+    header = next(line for line in md.splitlines() if line.startswith("| model | ADE20K K=151"))
+    assert "K=100 ⚑ under-clustering (K < C)" in header
+    assert "K=300 ⚑" not in header and "K=151 (GT) ⚑" not in header
+
+
 def test_markdown_not_run_sections_and_capped_k(paper_rows) -> None:  # type: ignore[no-untyped-def]
     e = collect(entry("overcluster", "synthetic", {
         "init": cluster({7: 0.2, 28: 0.4}, c=7, cap={28: 20}, std=None)}), source="o.json")
@@ -341,11 +350,11 @@ def test_load_metrics_reads_exactly_the_declared_files(tmp_path: Path) -> None:
 
 def test_k_equals_c_is_found_by_class_count(paper_rows) -> None:  # type: ignore[no-untyped-def]
     res = cluster({100: 0.1, 151: 0.2, 300: 0.3}, c=151)
-    res["results"][0]["matching"] = "hungarian"  # K = 100 < C is Hungarian too (under-clustering)
     res["class_names"] = [f"c{i}" for i in range(151)]
     md = _render([collect(entry("overcluster", "ade20k", {"neco": res}), source="a.json")],
                  paper_rows)
-    assert "| model | ADE20K K=151 (GT) | ADE20K K=100 | ADE20K K=300 |" in md
+    assert ("| model | ADE20K K=151 (GT) | ADE20K K=100 ⚑ under-clustering (K < C) "
+            "| ADE20K K=300 |") in md
 
 
 # ------------------------------------------------- contract with neco.evals.results.to_dict()
@@ -362,7 +371,8 @@ def _real_results() -> dict[str, dict[str, Any]]:
         class_names=("a", "b"), settings={"input_size": 112}, fingerprint="lin", seed=400,
         n_images=2, n_pixels=8, head_best_val={}, head_last={}, examples=(), **common)
     k = res.ClusterKResult(
-        k_requested=2, k_used=2, capped=False, matching="hungarian", seeds=(0,),
+        k_requested=2, k_used=2, capped=False, under_clustering=False, matching="hungarian",
+        seeds=(0,),
         miou_per_seed=(0.3,), mean=0.3, std=None, objective_per_seed=(1.0,),
         iou_per_class_mean=(0.3, 0.3), variants={}, n_kmeans_train_points=10,
         confusion_per_seed=(conf,), mapping_per_seed=((0, 1),))

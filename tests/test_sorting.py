@@ -262,3 +262,13 @@ def test_module_and_errors() -> None:
         soft_sort(x[0], network="bitonic", steepness=1.0, distribution="cauchy", art_lambda=0.25)
     with pytest.raises(ValueError, match="size"):
         build_network(SortNetwork.BITONIC, 0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_input_is_a_clear_error(bad: float) -> None:
+    """A NaN/inf similarity used to give a silent all-NaN row of P; now it names the entry."""
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    x[2, 5] = bad
+    msg = r"1 non-finite value\(s\) \(first at row 2, column 5"
+    with pytest.raises(FloatingPointError, match=msg):
+        soft_sort(x, network="bitonic", steepness=10.0, distribution="cauchy", art_lambda=0.25)

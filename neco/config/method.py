@@ -123,7 +123,8 @@ class LossConfig:
         queue_push_per_image: teacher patches pushed per image and step (official 10); None =
             recipe.
         crops_for_assign: teacher (global) crop indices (official [0, 1]).
-        use_teacher: targets from the EMA teacher (official true); false = detached student.
+        use_teacher: targets from the EMA teacher (official true); false = the ablation: targets
+            from a second student forward of the global crops (official handling).
     """
 
     roi_k: int

@@ -91,15 +91,20 @@ class EvalConfig:
             (a ``neco.data.registry`` dataset name and its ``source``; the mapping lets
             ``dvc.yaml`` depend on exactly ``data/prepared/<source>``).
         models: models under evaluation: ``init`` (the starting backbone) and/or ``neco``.
-        checkpoint: evaluate this file as ``neco`` instead of the trained student (an exported
-            safetensors or a released NeCo ``.ckpt``); None = the train stage's student.
-        checkpoint_key: which network of a NeCo ``.ckpt`` to take (``student`` or ``teacher``).
+        checkpoint: evaluate this as ``neco`` instead of the trained student: an exported
+            safetensors file, a released NeCo ``.ckpt`` file, or ``neco_release:<name>`` (a
+            released NeCo model fetched from HF ``FunAILab/NeCo``,
+            ``neco.models.release.RELEASES``); None = the train stage's student.
+        checkpoint_key: which network of a NeCo release to take (``student`` = the
+            ``*_model.ckpt`` file, or ``teacher`` = ``*_teacher.ckpt``).
+        release_revision: HF revision (branch, tag or commit hash) of ``neco_release:`` files.
     """
 
     datasets: dict[str, str]
     models: list[str]
     checkpoint: str | None
     checkpoint_key: str
+    release_revision: str
     features: FeaturesConfig
     linear: LinearConfig
     overcluster: ClusterConfig

@@ -21,8 +21,11 @@ def save_features(
     """Atomically write cached tokens with their ids and settings."""
     if not is_rank_zero():
         return
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save({"tokens": tokens.contiguous(), "ids": list(ids), "meta": dict(meta)}, tmp)
+    # Saved through a file object: torch.save names the zip's records after the file it is
+    # given, so saving to the temporary path would embed a random name (different bytes on
+    # every run, which would invalidate every downstream stage).
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
+        torch.save({"tokens": tokens.contiguous(), "ids": list(ids), "meta": dict(meta)}, fh)
 
 
 def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tensor:

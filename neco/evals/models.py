@@ -3,8 +3,15 @@
 * ``init``: the backbone training started from (``init_backbone.safetensors``, written by the
   ``weights`` stage, so the baseline is exactly the student's starting point);
 * ``neco``: the trained student (``student_backbone.safetensors``), or ``eval.checkpoint`` when
-  set (an exported safetensors file or a released NeCo Lightning ``.ckpt``; evaluate without
-  training).
+  set (evaluate without training): an exported safetensors file, a local released NeCo ``.ckpt``
+  (``*_model.ckpt`` / ``*_teacher.ckpt``), or ``neco_release:<name>``, a released NeCo model
+  fetched from HF ``FunAILab/NeCo`` at ``eval.release_revision``
+  (:data:`neco.models.release.RELEASES`; ``eval.checkpoint_key`` picks the student or teacher
+  file).
+
+The returned backbone's ``load_report`` records ``source`` (file path, or
+``hf://<repo>/<file>@<revision>`` plus ``hf_repo``/``hf_filename``/``hf_revision``), the
+``sha256`` of the file read and the ``key_map``.
 """
 
 from __future__ import annotations
@@ -15,14 +22,20 @@ import torch
 
 from neco.config import EvalConfig, TrainConfig
 from neco.models.export import load_exported
-from neco.models.vit import Backbone, FrozenExtractor, load_neco_checkpoint
+from neco.models.release import release_name
+from neco.models.vit import Backbone, FrozenExtractor, load_neco_checkpoint, load_neco_release
 
 MODEL_NAMES = ("init", "neco")
 
 
 def model_weights_path(model: str, *, models_dir: Path, checkpoint: str | None,
                        init_dir: Path | None = None) -> Path:
-    """The file holding ``model``'s weights (``init`` from ``init_dir``, else ``models_dir``)."""
+    """The file holding ``model``'s weights (``init`` from ``init_dir``, else ``models_dir``).
+
+    Not for ``eval.checkpoint: neco_release:<name>`` (resolved by :func:`load_eval_backbone`).
+    """
+    if model == "neco" and release_name(checkpoint) is not None:
+        raise ValueError(f"eval.checkpoint={checkpoint}: a NeCo release, not a local file")
     if model == "init":
         return (init_dir or models_dir) / "init_backbone.safetensors"
     if model == "neco":
@@ -39,8 +52,34 @@ def load_eval_backbone(
     checkpoint_key: str,
     pos_embed_interp: str,
     init_dir: Path | None = None,
+    release_revision: str = "main",
 ) -> Backbone:
-    """Load the backbone of an eval model, strictly."""
+    """Load the backbone of an eval model, strictly.
+
+    Args:
+        model: ``init`` or ``neco``.
+        backbone: ``train.backbone`` (for a release: must be its architecture).
+        models_dir: the train stage output.
+        checkpoint: ``eval.checkpoint`` (file path, ``neco_release:<name>`` or None).
+        checkpoint_key: ``eval.checkpoint_key`` (``student`` / ``teacher``).
+        pos_embed_interp: ``train.pos_embed_interp``.
+        init_dir: the weights stage output (``init``).
+        release_revision: ``eval.release_revision`` (HF revision of a release).
+
+    Raises:
+        WeightsError: release unknown / unavailable (offline: at once) / for another backbone,
+            or weights not matching the architecture.
+        FileNotFoundError: a local weight file is missing.
+    """
+    name = release_name(checkpoint) if model == "neco" else None
+    if name is not None:
+        return load_neco_release(
+            name,
+            backbone,
+            which=checkpoint_key,
+            revision=release_revision,
+            pos_embed_interp=pos_embed_interp,
+        )
     path = model_weights_path(
         model, models_dir=models_dir, checkpoint=checkpoint, init_dir=init_dir
     )
@@ -77,4 +116,5 @@ def load_for_eval(
         checkpoint_key=ev.checkpoint_key,
         pos_embed_interp=train.pos_embed_interp,
         init_dir=init_dir,
+        release_revision=ev.release_revision,
     )

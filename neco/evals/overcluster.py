@@ -150,7 +150,9 @@ def cluster_eval(
     """Cluster val patch tokens and score them against the val GT (evaluation.md §3.2).
 
     K larger than the number of points is capped to it (``capped`` in the result) and a warning is
-    issued below faiss's 39·K training points; K ≤ C uses Hungarian matching, K > C many-to-one.
+    issued below faiss's 39·K training points; K = C uses Hungarian matching, every other K
+    many-to-one precision matching (as the reference). K < C is under-clustering: it runs, is
+    flagged ``under_clustering`` in the result and in the tables, and warns.
 
     Args:
         val_features: float32 ``(N_img, s*s, D)`` tokens of ``val_ds`` in dataset order, at
@@ -205,7 +207,15 @@ def cluster_eval(
                 f"{FAISS_MIN_POINTS_PER_CENTROID}*K",
                 stacklevel=2,
             )
-        matching = Matching.hungarian if k_used <= num_classes else Matching.many_to_one_precision
+        # The reference matches one-to-one (Hungarian) only at K = C; every other K, including
+        # under-clustering K < C (ADE20K at K = 100), is scored many-to-one (evaluation.md §3.3).
+        matching = Matching.hungarian if k_used == num_classes else Matching.many_to_one_precision
+        if k_used < num_classes:
+            warnings.warn(
+                f"cluster_eval: K={k_used} < C={num_classes} is under-clustering: at most "
+                f"{k_used} classes can be matched (flagged in the result)",
+                stacklevel=2,
+            )
         scores, objectives, confs = [], [], []
         n_km_train = 0
         for seed in cfg.seeds:
@@ -244,6 +254,7 @@ def cluster_eval(
                 k_requested=k_req,
                 k_used=k_used,
                 capped=k_used < k_req,
+                under_clustering=k_used < num_classes,
                 matching=matching.value,
                 seeds=tuple(cfg.seeds),
                 miou_per_seed=tuple(s.miou for s in scores),

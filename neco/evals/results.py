@@ -137,6 +137,7 @@ class ClusterKResult:
     k_requested: int
     k_used: int
     capped: bool
+    under_clustering: bool
     matching: str
     seeds: tuple[int, ...]
     miou_per_seed: tuple[float, ...]
@@ -155,6 +156,7 @@ class ClusterKResult:
             "k_requested": int(self.k_requested),
             "k_used": int(self.k_used),
             "capped": bool(self.capped),
+            "under_clustering": bool(self.under_clustering),
             "matching": self.matching,
             "seeds": [int(s) for s in self.seeds],
             "miou_per_seed": _floats(self.miou_per_seed),
@@ -308,3 +310,32 @@ class HbirdResult:
             "runtime_s": float(self.runtime_s),
             "device": self.device,
         }
+
+
+TIMING_KEYS: frozenset[str] = frozenset({"runtime_s", "timings_s"})
+
+
+def split_timings(record: Any) -> tuple[Any, Any]:
+    """``(result, timings)``: a ``to_dict()`` tree without its wall-time fields, and those fields.
+
+    The metrics files are versioned results and must depend on params and inputs only (a rerun
+    gives the same bytes, so ``dvc.lock`` and ``dvc metrics diff`` stay quiet); wall times go to
+    a separate, untracked timings file with the same nesting.
+    """
+    if isinstance(record, Mapping):
+        kept: dict[str, Any] = {}
+        timed: dict[str, Any] = {}
+        for key, value in record.items():
+            if key in TIMING_KEYS:
+                timed[key] = value
+                continue
+            sub, sub_t = split_timings(value)
+            kept[key] = sub
+            if sub_t:
+                timed[key] = sub_t
+        return kept, timed
+    if isinstance(record, list):
+        pairs = [split_timings(v) for v in record]
+        timed_list = [t for _, t in pairs]
+        return [v for v, _ in pairs], (timed_list if any(timed_list) else None)
+    return record, None

@@ -17,6 +17,7 @@ from neco.evals.cache import load_features
 from neco.evals.inputs import draw_figure, hbird_subsets
 from neco.evals.models import eval_device, extractor_for, load_for_eval
 from neco.evals.protocols import PROTOCOLS
+from neco.evals.results import split_timings
 from neco.io import write_json
 
 
@@ -34,11 +35,14 @@ def evaluate(
     out: Path,
     figure: Path,
     runtime: RuntimeConfig,
+    timings: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` on ``dataset`` for every eval model; write ``out`` (JSON) and ``figure``.
 
     Args:
         data_root: the prepared tree of ``dataset``'s source (``data/prepared/<source>``).
+        timings: where the wall-time fields go (kept out of ``out``, which must depend on
+            params and inputs only); None = dropped.
 
     Val tokens come from the features cache when the protocol's input size equals
     ``eval.features.input_size``; the linear probe and Hummingbird also run a live frozen
@@ -100,13 +104,16 @@ def evaluate(
         seconds = time.perf_counter() - t0
         print(f"[eval] {protocol}/{dataset}/{model}: mIoU {headline} ({seconds:.1f} s)")
 
+    records, timed = split_timings({m: r.to_dict() for m, r in results.items()})
     payload = {
         "protocol": protocol,
         "dataset": dataset,
         "backbone": train.backbone,
-        "models": {m: r.to_dict() for m, r in results.items()},
+        "models": records,
     }
     write_json(out, payload)
+    if timings is not None:
+        write_json(timings, {"protocol": protocol, "dataset": dataset, "models": timed})
     draw_figure(
         protocol, results, class_names=list(val.class_names), ignore_index=val.ignore_index,
         out=figure,

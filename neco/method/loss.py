@@ -125,7 +125,7 @@ def similarities(f: torch.Tensor, r: torch.Tensor, kind: Similarity) -> torch.Te
 
 
 def neco_loss(
-    f_s: torch.Tensor, f_t: torch.Tensor | None, refs: torch.Tensor, cfg: LossConfig
+    f_s: torch.Tensor, f_t: torch.Tensor, refs: torch.Tensor, cfg: LossConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy between teacher and student soft permutation matrices (method.md §9).
 
@@ -133,15 +133,15 @@ def neco_loss(
     and one teacher call under ``no_grad`` (``steepness_teacher``, or the student's when None),
     each over ``pairs*B*M`` rows of length n.
 
-    ``use_teacher = False`` (ablation; the official handling is unverified): the targets Q are
-    sorted from the **detached student** similarities and ``f_t`` is ignored. With equal
-    steepness Q = sg(P) and, since each row of P sums to 1, the gradient vanishes identically;
-    the ablation only trains with a different (e.g. sharper) teacher steepness.
+    ``use_teacher = False`` (ablation): ``f_t`` holds the aligned global-crop features of a
+    second **student** forward instead of the teacher's (``loss_from_maps``); Q is sorted from
+    them without grad, as with a teacher, so the target is a real cross-view one.
 
     Args:
         f_s: ``(pairs, B, M, d)`` aligned student features.
-        f_t: ``(pairs, B, M, d)`` aligned teacher features (no grad needed); None only when
-            ``cfg.use_teacher`` is False.
+        f_t: ``(pairs, B, M, d)`` aligned target features of the global crop of each pair
+            (teacher, or the second student forward when ``cfg.use_teacher`` is False); Q is
+            computed from them without grad.
         refs: ``(pairs, B, n, d)`` references of each pair, shared by student and teacher.
         cfg: loss settings (similarity, sorter, steepness, log_eps, use_teacher).
 
@@ -178,17 +178,13 @@ def neco_loss(
             )
         return perm  # (pairs*B*M, n_ref, n_rank)
 
+    if f_t.shape != f_s.shape:
+        raise ValueError(
+            f"neco_loss: f_t must match f_s {tuple(f_s.shape)}, got {tuple(f_t.shape)}"
+        )
     p = sort(f_s, cfg.steepness_student)
     with torch.no_grad():
-        if cfg.use_teacher:
-            if f_t is None or f_t.shape != f_s.shape:
-                raise ValueError(
-                    f"neco_loss: f_t must match f_s {tuple(f_s.shape)} when use_teacher is true, "
-                    f"got {None if f_t is None else tuple(f_t.shape)}"
-                )
-            q = sort(f_t.detach(), beta_t)
-        else:
-            q = sort(f_s.detach(), beta_t)
+        q = sort(f_t.detach(), beta_t)
     log_p = torch.log(p.clamp_min(cfg.log_eps)) if cfg.log_eps > 0 else torch.log(p)
     pair_loss = -(q * log_p).sum(-1).reshape(pairs, batch * m * n).mean(-1)
     loss = pair_loss.mean()
@@ -228,9 +224,10 @@ def loss_from_maps(
     officially), then sample per pair from bank a(g); otherwise draw in-batch references per
     pair from its aligned teacher patches; finally :func:`neco_loss`.
 
-    With ``use_teacher = False`` pass the student's own **detached** global-crop maps as
-    ``teacher_maps``: they then feed the references (queue pushes or in-batch) while the
-    targets come from the detached aligned student features (unverified ablation handling).
+    With ``use_teacher = False`` pass the maps of a second student forward of the global crops
+    as ``teacher_maps`` (official ablation): Q comes from them without grad, queue pushes are
+    detached, and in-batch references keep their gradient, as in the official code (there the
+    target forward is not under ``no_grad``; only Q is).
 
     Args:
         student_maps: per crop c = 0..C-1, ``(B, d, h_c, w_c)`` unit-norm head outputs.
@@ -248,7 +245,7 @@ def loss_from_maps(
     cfa = list(cfg.crops_for_assign)
     f_s, f_t = align_pairs(
         student_maps=student_maps,
-        teacher_maps=[t.detach() for t in teacher_maps],
+        teacher_maps=[t.detach() for t in teacher_maps] if cfg.use_teacher else list(teacher_maps),
         boxes_teacher=boxes_teacher,
         boxes_student=boxes_student,
         crops_for_assign=cfa,
@@ -290,4 +287,4 @@ def loss_from_maps(
         refs = [
             inbatch_references(f_t[i], n=cfg.n_refs, generator=generator) for i in range(len(pairs))
         ]
-    return neco_loss(f_s, f_t if cfg.use_teacher else None, torch.stack(refs), cfg)
+    return neco_loss(f_s, f_t, torch.stack(refs), cfg)

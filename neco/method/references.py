@@ -162,13 +162,14 @@ def select_push_tokens(
     return tokens[idx.to(tokens.device)]
 
 
-@torch.no_grad()
 def inbatch_references(f_t: torch.Tensor, *, n: int, generator: torch.Generator) -> torch.Tensor:
     """References from the pair's own aligned teacher patches (no-queue mode, method.md §6).
 
     The ``B*M`` aligned teacher patches are flattened, tiled to at least ``B*n`` rows, randomly
     permuted, truncated to ``B*n`` and reshaped, so each image gets random aligned patches of
-    the batch (possibly its own). Detached (D2; the student gradient is unchanged).
+    the batch (possibly its own). The rows keep ``f_t``'s autograd state: teacher features are
+    already detached (D2), while in the ``use_teacher: false`` ablation the second student
+    forward's references carry gradient, as in the official code.
 
     Args:
         f_t: ``(B, M, d)`` aligned teacher features of one pair (M = k*k).
@@ -181,7 +182,7 @@ def inbatch_references(f_t: torch.Tensor, *, n: int, generator: torch.Generator)
     if f_t.ndim != 3:
         raise ValueError(f"inbatch_references: expected (B, M, d), got {tuple(f_t.shape)}")
     batch, m, dim = f_t.shape
-    rows = f_t.detach().reshape(batch * m, dim)
+    rows = f_t.reshape(batch * m, dim)
     reps = -(-batch * n // (batch * m))  # ceil
     tiled = rows.repeat(reps, 1)
     idx = torch.randperm(tiled.shape[0], generator=generator)[: batch * n]

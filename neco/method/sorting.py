@@ -233,6 +233,10 @@ def soft_sort(
         ``(R, n, n)``, where ``P[r, i, k]`` is the probability that input ``i`` lands at
         ascending rank ``k`` and ``sorted[r] = x[r] @ P[r]``. Gradients flow to ``x``
         (once differentiable).
+
+    Raises:
+        ValueError: malformed ``x``, ``steepness`` or ``art_lambda``.
+        FloatingPointError: ``x`` holds NaN or inf (it would give a silent all-NaN row).
     """
     net = _enum(SortNetwork, network, "network")
     dist = _enum(SortDistribution, distribution, "distribution")
@@ -245,6 +249,15 @@ def soft_sort(
         raise ValueError(f"soft_sort: steepness = {steepness!r}, expected a finite value > 0")
     if not math.isfinite(art_lambda):
         raise ValueError(f"soft_sort: art_lambda = {art_lambda!r}, expected a finite value")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        raise FloatingPointError(
+            f"soft_sort: x has {bad.shape[0]} non-finite value(s) (first at row {int(bad[0, 0])}, "
+            f"column {int(bad[0, 1])}: {x[bad[0, 0], bad[0, 1]].item()}); the inputs to the sort "
+            f"(similarities) are already NaN/inf, so the backbone or head diverged upstream "
+            f"(e.g. a too-high learning rate or fp16 overflow); the sort itself cannot recover"
+        )
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     plan = build_network(net, x.shape[1])
     masks = descending_masks(net, x.shape[1], x.device)

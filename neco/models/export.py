@@ -15,8 +15,9 @@ CLI (from a Lightning ``.ckpt`` of our trainer or a ``.pt`` state dict)::
 
 ``--prefix`` is the module path of the student :class:`~neco.models.vit.Backbone` inside the
 checkpoint's ``state_dict`` (our trainer: ``student.backbone.``; a bare
-``Backbone.state_dict()`` file: empty). ``--format neco_release`` reads a released NeCo
-checkpoint instead (``--prefix model.`` student or ``teacher.``).
+``Backbone.state_dict()`` file: empty). ``--format neco_release`` reads a released NeCo weight
+file instead (``--prefix model.`` student or ``teacher.``; see
+:func:`neco.models.checkpoints.neco_release_key_map` for the accepted layouts).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from neco.models.checkpoints import (
     EXPORT_FORMAT,
     KEY_MAPS,
     METADATA_KEY,
+    NECO_RELEASE_PREFIXES,
     load_checkpoint,
     map_state_dict,
     read_export_metadata,
@@ -129,7 +131,9 @@ def export_from_checkpoint(
         out: destination ``*.safetensors``.
         prefix: module path of the backbone in the checkpoint (see the module docstring).
         fmt: ``ours`` (our :class:`Backbone` keys, ``<prefix>vit.<timm name>``) or
-            ``neco_release`` (released NeCo checkpoint; ``prefix`` ``model.`` or ``teacher.``).
+            ``neco_release`` (a released NeCo weight file; ``prefix`` ``model.`` = student or
+            ``teacher.``: the network taken from a file holding both; a one-network file may be
+            unprefixed).
         pos_embed_interp: rule to record in the metadata (``None``: not recorded).
 
     Returns:
@@ -144,13 +148,20 @@ def export_from_checkpoint(
         seed=0,
     )
     if fmt == "neco_release":
-        report = load_weights_file(backbone, ckpt, prefix=prefix)
+        which = {p: w for w, p in NECO_RELEASE_PREFIXES.items()}.get(prefix)
+        if which is None:
+            raise WeightsError(
+                f"--prefix: a NeCo release file takes 'model.' (student) or 'teacher.', "
+                f"not {prefix!r}"
+            )
+        report = load_weights_file(backbone, ckpt, release=which)
     elif fmt == "ours":
         km = replace(
             KEY_MAPS["timm"],
             name=f"ours[{prefix}vit.]",
             containers=(("state_dict",), ()),
-            select_prefix=f"{prefix}vit.",
+            select_prefixes=(f"{prefix}vit.",),
+            outside=None,  # our checkpoint also holds the teacher, heads, queue: ignored
         )
         obj = load_checkpoint(ckpt, safe_globals=())
         sd, report = map_state_dict(obj, km, expected=backbone.vit.state_dict(), source=str(ckpt))

@@ -1,9 +1,12 @@
 """Weight sources and file resolution for the backbone registry (method.md §12, D2).
 
 A :class:`WeightSource` says where a backbone's initial weights come from: official URLs
-(downloaded once into a cache directory), a local file only (no public URL is known to the
-spec), or random initialisation (the CPU demo). ``train.weights`` (a local file) always
-overrides the source.
+(downloaded once into a cache directory; every registered pretrained backbone has one), a local
+file only (for sources without a public URL; none is registered now), or random initialisation
+(the CPU demo). ``train.weights`` (a local file) always overrides the source. No publisher gives
+checksums, so registry ``sha256`` values are ``None``; the load report of every backbone records
+the sha256 of the file actually read. Released NeCo checkpoints come from the Hugging Face hub
+instead (:mod:`neco.models.release`).
 
 Offline behaviour: before any download, the URL hosts are resolved with a short timeout. If
 none resolves, :class:`WeightsError` is raised at once (no retries), naming the URL, the cache

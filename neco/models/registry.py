@@ -8,10 +8,13 @@ entry in ``_ENTRIES``. Consumers read it: ``neco.models.vit`` builds the model,
 published numbers. This module is a leaf (it imports nothing from ``neco``).
 
 Weight sources: method.md §12 and evaluation.md §6 (DINOv2 and DINO URLs). ``dino_vitb16``'s URL
-is the DINO README's full-checkpoint link (same pattern as ViT-S/16; not in the spec). No public
-URL is known to the spec for iBOT, CrIBo, TimeT and Leopart: they need a local file
-(``train.weights``). No checksum is published for any of these files (``sha256=None``); every
-load report records the sha256 of the file actually loaded.
+is the DINO README's full-checkpoint link (same pattern as ViT-S/16; not in the spec). iBOT,
+CrIBo, Leopart and TimeT: the publishers' README links (``/work/shared/notes/checkpoints.md``
+M5; Dropbox links with ``dl=1`` for a direct download; CrIBo: the ImageNet-1k checkpoints of the
+KU Leuven data repository, the COCO ViT-S/16 one is ``.../datafile/159667`` via
+``train.weights``). No publisher gives a checksum for any of these files, so every ``sha256`` is
+``None`` (pin one only where a publisher publishes it); instead every load report records the
+sha256 of the file actually read (``models/init/weights.json``, eval ``load_report``).
 
 Recipes (method.md §12, the D1 defaults): ``experiments/configs/models/{small,base}/*.yml`` of
 ``vpariza/NeCo`` @ ``3932160`` (the ``config`` field). Entries without a released config say so:
@@ -78,12 +81,14 @@ class WeightSource:
     note: str
 
 
-def url_source(url: str, *, note: str, sha256: str | None = None) -> WeightSource:
-    """A single-URL source whose cache file name is the URL's basename."""
+def url_source(
+    url: str, *, note: str, sha256: str | None = None, filename: str | None = None
+) -> WeightSource:
+    """A single-URL source; the cache file name is ``filename`` or the URL path's basename."""
     return WeightSource(
         kind=SourceKind.URL,
         urls=(url,),
-        filename=Path(urlparse(url).path).name,
+        filename=filename or Path(urlparse(url).path).name,
         sha256=sha256,
         note=note,
     )
@@ -270,8 +275,31 @@ def _v1(
     )
 
 
-def _local(what: str) -> WeightSource:
-    return local_source(what, note="no public URL in the spec; official code uses a local path")
+_IBOT = "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot/{m}/checkpoint_teacher.pth"
+_CRIBO = "https://rdr.kuleuven.be/api/access/datafile/{id}"
+_LEOPART = "https://www.dropbox.com/s/0kjy61jh4i3vbnh/leopart_vits16.ckpt?dl=1"
+_TIMET = (
+    "https://www.dropbox.com/scl/fi/nnx2mm8ian9w49vstpgz0/TimeT.pth"
+    "?rlkey=w9q3hvxd51nb63ammy33qhry0&dl=1"
+)
+# No sha256 below: none of these publishers gives one (checkpoints.md M5).
+
+
+def _ibot(size: str) -> WeightSource:
+    m = "vits_16" if size == "s" else "vitb_16"
+    return url_source(
+        _IBOT.format(m=m),
+        filename=f"ibot_vit{size}16_checkpoint_teacher.pth",  # both sizes share the basename
+        note="bytedance/ibot README (checkpoints.md M5)",
+    )
+
+
+def _cribo(size: str) -> WeightSource:
+    return url_source(
+        _CRIBO.format(id=159665 if size == "s" else 159666),
+        filename=f"cribo_vit{size}16_in1k.pth",  # the URL has no file name
+        note="tileb1/CrIBo README, ImageNet-1k checkpoint (checkpoints.md M5)",
+    )
 
 
 _ENTRIES = [
@@ -317,14 +345,14 @@ _ENTRIES = [
         ),
         "dino",
     ),
-    _v1("ibot_vits16", "s", _local("iBOT ViT-S/16 checkpoint_teacher.pth"), "ibot"),
-    _v1("ibot_vitb16", "b", _local("iBOT ViT-B/16 checkpoint_teacher.pth"), "ibot"),
-    _v1("cribo_vits16", "s", _local("CrIBo ViT-S/16 checkpoint"), "cribo"),
-    _v1("cribo_vitb16", "b", _local("CrIBo ViT-B/16 checkpoint"), "cribo"),
+    _v1("ibot_vits16", "s", _ibot("s"), "ibot"),
+    _v1("ibot_vitb16", "b", _ibot("b"), "ibot"),
+    _v1("cribo_vits16", "s", _cribo("s"), "cribo"),
+    _v1("cribo_vitb16", "b", _cribo("b"), "cribo"),
     _v1(
         "timetuning_vits16",
         "s",
-        _local("TimeT ViT-S/16 checkpoint"),
+        url_source(_TIMET, note="SMSD75/Timetuning README (checkpoints.md M5)"),
         "timetuning",
         config="models/small/neco_timetuning.yml",
         paper_method="TimeT",
@@ -332,7 +360,7 @@ _ENTRIES = [
     _v1(
         "leopart_vits16",
         "s",
-        _local("Leopart ViT-S/16 checkpoint"),
+        url_source(_LEOPART, note="MkuuWaUjinga/leopart README (checkpoints.md M5)"),
         "leopart",
         config="models/small/neco_leopart.yml",
         paper_method="Leopart",

@@ -12,8 +12,12 @@ the patch (non-square included; other sizes are floored on request).
 Weight sources (``weights`` argument / ``train.weights``): ``None`` = the registry's official
 source (downloaded into ``cache_dir`` once), ``"random"`` = seeded random init, a path = a local
 file: ``*.safetensors`` written by :mod:`neco.models.export`, anything else a file in the backbone's
-official format. Released NeCo Lightning checkpoints load through :func:`load_neco_checkpoint`
-(explicit student/teacher choice).
+official format. Released NeCo weight files load through :func:`load_neco_checkpoint` (a local
+``*_model.ckpt`` / ``*_teacher.ckpt``) or :func:`load_neco_release` (by release name, fetched
+from HF ``FunAILab/NeCo``; :mod:`neco.models.release`).
+
+Every :class:`Backbone` carries a ``load_report`` with at least ``source`` (the file, URL or
+``random``), ``sha256`` (of the file actually read; ``None`` for random init) and ``key_map``.
 
 Only ViT-S and ViT-B are registered (ViT-g needs SwiGLU; method.md §16 #15).
 """
@@ -31,10 +35,12 @@ from torch import nn
 from neco.io import sha256_file
 from neco.models.checkpoints import (
     KEY_MAPS,
+    NECO_RELEASE_PREFIXES,
     load_checkpoint,
     map_state_dict,
     neco_release_key_map,
     read_export_metadata,
+    release_arch_of,
 )
 from neco.models.fetch import resolve_weights_file
 from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
@@ -136,7 +142,7 @@ class Backbone(nn.Module):
         self.embed_dim = spec.embed_dim
         self.num_prefix_tokens = int(self.vit.num_prefix_tokens)
         self.native_grid = self.vit.native_grid
-        self.load_report: dict[str, Any] = {"backbone": spec.name, "weights": "random"}
+        self.load_report: dict[str, Any] = random_load_report(spec.name, seed=None)
 
     @property
     def pos_embed_interp(self) -> PosEmbedInterp:
@@ -224,8 +230,25 @@ def create_vit(
     return NecoVisionTransformer.from_timm(vit, pos_embed_interp)
 
 
+def random_load_report(name: str, *, seed: int | None) -> dict[str, Any]:
+    """The load report of a randomly initialised backbone: no file was read."""
+    return {
+        "backbone": name,
+        "weights": "random",
+        "seed": seed,
+        "source": "random",
+        "sha256": None,
+        "key_map": None,
+        "note": "random initialisation: no weight file was read",
+    }
+
+
 def load_weights_file(
-    backbone: Backbone, path: Path, *, key_map: str | None = None, prefix: str | None = None
+    backbone: Backbone,
+    path: Path,
+    *,
+    key_map: str | None = None,
+    release: str | None = None,
 ) -> dict[str, Any]:
     """Load a weight file into ``backbone`` strictly, through the right key map.
 
@@ -234,20 +257,22 @@ def load_weights_file(
         path: ``*.safetensors`` (timm names, :mod:`neco.models.export`) or a file in the backbone's
             official format (``spec.key_map``).
         key_map: force a format from :data:`neco.models.checkpoints.KEY_MAPS`.
-        prefix: set to read a released NeCo Lightning checkpoint: the module whose keys are
-            loaded, ``"model."`` (student) or ``"teacher."``.
+        release: set to read a released NeCo weight file: the network it holds or, in a file
+            with both, the one to take (``student`` or ``teacher``;
+            :func:`neco.models.checkpoints.neco_release_key_map`).
 
     Returns:
-        A load report (file, sha256, key map, dropped keys) for logging and results.
+        A load report for logging and results: ``source`` and ``file`` (the path), ``sha256`` of
+        the file, ``key_map``, ``container``, ``prefix``, ``dropped``, ``backbone``; ``urls`` when
+        the file is the registry's cached download.
     """
     path = Path(path)
     spec = backbone.spec
     base = KEY_MAPS[spec.key_map]
-    if prefix is not None:
+    if release is not None:
         if key_map is not None:
-            raise WeightsError(f"{path}: pass either key_map or prefix (NeCo release), not both")
-        base_arch = base if base.name.startswith("dinov2") else KEY_MAPS["dino"]
-        km = neco_release_key_map(base=base_arch, prefix=prefix)
+            raise WeightsError(f"{path}: pass either key_map or release (NeCo), not both")
+        km = neco_release_key_map(arch=release_arch_of(spec.key_map), which=release)
     elif key_map is not None:
         if key_map not in KEY_MAPS:
             raise WeightsError(f"key_map: unknown {key_map!r}; expected one of {sorted(KEY_MAPS)}")
@@ -262,7 +287,9 @@ def load_weights_file(
     expected = backbone.vit.state_dict()
     sd, report = map_state_dict(obj, km, expected=expected, source=str(path))
     backbone.vit.load_state_dict(sd, strict=True)
-    report.update(file=str(path), sha256=sha256_file(path), backbone=spec.name)
+    report.update(source=str(path), file=str(path), sha256=sha256_file(path), backbone=spec.name)
+    if spec.weights.urls and path.name == spec.weights.filename:
+        report["urls"] = list(spec.weights.urls)
     _log.info("loaded %s into %s with key map %s", path, spec.name, km.name)
     return report
 
@@ -314,25 +341,23 @@ def build_backbone(
     vit = create_vit(spec, drop_path_rate=drop_path_rate, seed=seed, pos_embed_interp=mode)
     backbone = Backbone(vit, spec, mode)
     if path is None:
-        backbone.load_report = {"backbone": name, "weights": "random", "seed": seed}
+        backbone.load_report = random_load_report(name, seed=seed)
     else:
         backbone.load_report = load_weights_file(backbone, path)
     return backbone
 
 
-NECO_RELEASE_PREFIXES = {"student": "model.", "teacher": "teacher."}
-
-
 def load_neco_checkpoint(
     path: Path, name: str, *, which: str, pos_embed_interp: PosEmbedInterp | str
 ) -> Backbone:
-    """A backbone from a released NeCo Lightning ``.ckpt`` (HF ``FunAILab/NeCo``), strictly.
+    """A backbone from a released NeCo weight file (HF ``FunAILab/NeCo``), strictly.
 
     Args:
-        path: the ``*_model.ckpt`` / ``*_teacher.ckpt`` file.
+        path: the ``*_model.ckpt`` (student) / ``*_teacher.ckpt`` (teacher) file: the file is the
+            choice of network. A file holding both (a Lightning ``state_dict`` with ``model.*``
+            and ``teacher.*``) is accepted too; ``which`` then picks the prefix.
         name: registry key of its architecture (e.g. ``dinov2_vits14_xr``).
-        which: ``student`` (keys under ``model.``, evaluation.md §6) or ``teacher``
-            (``teacher.``). The layout is unverified; a mismatch lists the keys found.
+        which: ``student`` or ``teacher`` (``eval.checkpoint_key``).
         pos_embed_interp: resampling rule it is evaluated with.
     """
     if which not in NECO_RELEASE_PREFIXES:
@@ -348,8 +373,51 @@ def load_neco_checkpoint(
         pos_embed_interp=pos_embed_interp,
         seed=0,
     )
-    backbone.load_report = load_weights_file(
-        backbone, Path(path), prefix=NECO_RELEASE_PREFIXES[which]
+    backbone.load_report = load_weights_file(backbone, Path(path), release=which)
+    return backbone
+
+
+def load_neco_release(
+    release: str, name: str, *, which: str, revision: str, pos_embed_interp: PosEmbedInterp | str
+) -> Backbone:
+    """A backbone from a named NeCo release (``eval.checkpoint: neco_release:<release>``).
+
+    Args:
+        release: release name (:data:`neco.models.release.RELEASES`).
+        name: ``train.backbone``; must be the release's backbone.
+        which: ``student`` (``*_model.ckpt``) or ``teacher`` (``*_teacher.ckpt``).
+        revision: HF revision (``eval.release_revision``).
+        pos_embed_interp: resampling rule it is evaluated with.
+
+    Raises:
+        WeightsError: unknown release, backbone mismatch (naming both), file not available
+            (offline: at once, saying how to place it) or not matching the architecture.
+    """
+    from neco.models.release import (
+        RELEASE_REPO,
+        RELEASE_SCHEME,
+        check_release_backbone,
+        get_release,
+        resolve_release_file,
+    )
+
+    if which not in NECO_RELEASE_PREFIXES:
+        raise ValueError(
+            f"eval.checkpoint_key: invalid value {which!r}; "
+            f"expected one of {sorted(NECO_RELEASE_PREFIXES)}"
+        )
+    rel = get_release(release)
+    check_release_backbone(rel, name)
+    path = resolve_release_file(rel, which, revision=revision)
+    backbone = load_neco_checkpoint(path, name, which=which, pos_embed_interp=pos_embed_interp)
+    filename = rel.filename(which)
+    backbone.load_report.update(
+        source=f"hf://{RELEASE_REPO}/{filename}@{revision}",
+        release=f"{RELEASE_SCHEME}{rel.name}",
+        hf_repo=RELEASE_REPO,
+        hf_filename=filename,
+        hf_revision=revision,
+        which=which,
     )
     return backbone
 

@@ -29,7 +29,7 @@ PROTOCOL_ORDER: tuple[str, ...] = ("overcluster", "linear", "hbird")
 DATASET_ORDER: tuple[str, ...] = ("voc", "coco_things", "coco_stuff", "ade20k")
 MODEL_ORDER: tuple[str, ...] = ("init", "neco")
 TRAIN_ROLLUP: tuple[tuple[str, int], ...] = (  # (summary key, decimals)
-    ("initial_loss", 4), ("final_loss", 4), ("steps", 0), ("images_per_s", 2),
+    ("initial_loss", 4), ("final_loss", 4), ("steps", 0),
 )
 _FRACTION = re.compile(r"^(\d+)/(\d+)$")
 
@@ -232,8 +232,9 @@ def rollup(entries: Sequence[EvalEntry], train_summary: Mapping[str, Any], *,
     * ``hbird.<dataset>.<model>.f<a>_<b>.miou`` per memory fraction (mean over subsets);
     * ``<protocol>.<dataset>.delta``: NeCo - init of the primary ``miou`` (linear: the selected
       epoch; overcluster: K = C; hbird: fraction 1/1);
-    * ``train.initial_loss``, ``train.final_loss`` (4 decimals), ``train.steps``,
-      ``train.images_per_s`` (2 decimals), where present; ``final_loss`` is required.
+    * ``train.initial_loss``, ``train.final_loss`` (4 decimals) and ``train.steps``;
+      ``final_loss`` is required. Throughput is not a result: it lives in the untracked
+      ``reports/timings/`` files, so the roll-up depends on params and inputs only.
 
     Returns:
         A flat dict with sorted keys.
@@ -263,7 +264,7 @@ def rollup(entries: Sequence[EvalEntry], train_summary: Mapping[str, Any], *,
         if key not in train_summary:
             continue
         value = train_summary[key]
-        if value is None and key in ("initial_loss", "final_loss", "images_per_s") \
+        if value is None and key in ("initial_loss", "final_loss") \
                 and train_summary.get("steps") == 0:
             continue  # no optimisation step ran (train.max_steps = 0: evaluate a checkpoint)
         if isinstance(value, bool) or not isinstance(value, (int, float)) \

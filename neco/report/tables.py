@@ -163,16 +163,18 @@ def _backbone_line(backbone: str) -> str:
 
 def _cluster_columns(entry: EvalEntry) -> list[tuple[Column, str, str | None]]:
     """(column, header, capped note): K = C (Hungarian) first, then by requested K."""
-    ks: dict[int, tuple[int, bool]] = {}
+    ks: dict[int, tuple[int, bool, bool]] = {}
     for res in entry.models.values():
         gt = gt_result(res)
         for run in res["results"]:
             is_gt = gt is not None and run["k_requested"] == gt["k_requested"]
-            ks.setdefault(run["k_requested"], (run["k_used"], is_gt))
+            under = bool(run.get("under_clustering", False))
+            ks.setdefault(run["k_requested"], (run["k_used"], is_gt, under))
     out = []
-    for kr, (ku, is_gt) in sorted(ks.items(), key=lambda kv: (not kv[1][1], kv[0])):
+    for kr, (ku, is_gt, under) in sorted(ks.items(), key=lambda kv: (not kv[1][1], kv[0])):
         head = f"{_ds(entry.dataset)} K={ku}" + (" (GT)" if is_gt else "")
         head += f" (K={kr} capped)" if ku != kr else ""
+        head += " ⚑ under-clustering (K < C)" if under else ""
         col = Column(entry, ("k_requested", kr),
                      paper_setting("overcluster", k=ku, is_gt=is_gt), show_std=True)
         out.append((col, head, f"{_ds(entry.dataset)} K={kr}→{ku}" if ku != kr else None))

@@ -199,7 +199,10 @@ class NeCoModule(pl.LightningModule):
             with torch.no_grad():
                 teacher_maps = self._maps(self.teacher, [views[g] for g in cfa])
         else:
-            teacher_maps = [student_maps[g].detach() for g in cfa]
+            # Ablation (official): a second student forward of the global crops, with its own
+            # drop-path draw, gives the targets (Q is sorted from it without grad in the loss) and,
+            # in-batch, the references, which then keep their gradient as in the official code.
+            teacher_maps = self._maps(self.student, [views[g] for g in cfa])
         patch = float(self.student_backbone.patch_size)
         loss, stats = loss_from_maps(
             student_maps=student_maps,

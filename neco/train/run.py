@@ -48,7 +48,7 @@ def config_fingerprint(obj: Any) -> str:
 
 
 class StepTimer(Callback):
-    """Logs step time and images/s (rank zero, through the module's logger)."""
+    """Measures the wall time of every optimiser step (kept out of the versioned outputs)."""
 
     def __init__(self, global_batch_size: int) -> None:
         self.global_batch_size = global_batch_size
@@ -65,11 +65,6 @@ class StepTimer(Callback):
     ) -> None:
         dt = time.perf_counter() - self._t0
         self.step_times.append(dt)
-        pl_module.log("train/step_time_s", dt, on_step=True, on_epoch=False)
-        pl_module.log(
-            "train/images_per_s", self.global_batch_size / max(dt, 1e-9), on_step=True,
-            on_epoch=False,
-        )
 
 
 def run_training(
@@ -84,6 +79,7 @@ def run_training(
     live_dir: Path,
     runtime: RuntimeConfig,
     init_weights: Path | None = None,
+    timings_path: Path | None = None,
 ) -> dict[str, Any]:
     """Post-pretrain ``train.backbone`` on ``images`` and write every output.
 
@@ -99,9 +95,13 @@ def run_training(
             cannot change the trained weights).
         init_weights: the initial backbone written by the ``weights`` stage; None = build it
             from ``train.weights`` / the official source and write it to ``out_dir``.
+        timings_path: where to write this run's facts that are not results (wall time, s/step,
+            images/s, whether it resumed); outside every versioned output, so that the same
+            params and inputs give byte-identical outputs. None = not written.
 
     Returns:
-        The training summary (also written to ``live_dir/summary.json``).
+        The training summary (written to ``live_dir/summary.json``) plus the run facts
+        (written to ``timings_path``).
     """
     from dvclive.lightning import DVCLiveLogger
 
@@ -203,14 +203,20 @@ def run_training(
             "final_loss": losses[-1] if losses else None,
             "final_loss_epoch_mean": module.last_epoch_mean_loss,
             "first_epoch_mean_loss": module.first_epoch_mean_loss,
-            "s_per_step": sum(times) / len(times) if times else None,
-            "images_per_s": int(values["batch_size"]) * len(times) / sum(times) if times else None,
-            "wall_s": wall,
-            "resumed": resume is not None,
             "device": str(trainer.strategy.root_device),
             "precision": train.precision.value,
         }
         write_json(live_dir / "summary.json", summary)
+        facts = {
+            "s_per_step": sum(times) / len(times) if times else None,
+            "images_per_s": int(values["batch_size"]) * len(times) / sum(times) if times else None,
+            "wall_s": wall,
+            "steps_timed": len(timer.step_times),
+            "resumed": resume is not None,
+        }
+        if timings_path is not None:
+            write_json(timings_path, facts)
+        summary = {**summary, **facts}
     return summary
 
 

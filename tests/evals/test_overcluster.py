@@ -146,3 +146,25 @@ def test_k_values_order_and_validation() -> None:
 def test_bad_feature_shape_fails_clearly(bands: object) -> None:
     with pytest.raises(ValueError, match=r"val_features shape \(12, 49, 16\)"):
         cluster_eval(torch.zeros(12, 49, 16), bands, _cfg(), grid=8, figure_examples=2)
+
+
+def test_under_clustering_uses_many_to_one_and_is_flagged(bands: object) -> None:
+    """K < C (ADE20K at K = 100): many-to-one matching like the reference, flagged, warned."""
+    from neco.config.evals import Matching, MeanOver
+    from neco.evals.metrics import score_confusion
+
+    feats = _clustered_features(bands, patch=4, dim=16, noise=0.05, seed=4)
+    cfg = _cfg(include_gt=False, ks=[2], seeds=[0])
+    with pytest.warns(UserWarning, match="under-clustering"):
+        result = cluster_eval(feats, bands, cfg, grid=8, figure_examples=0)
+    r = result.results[0]
+    assert (r.k_used, r.under_clustering, r.matching) == (2, True, "many_to_one_precision")
+    expected = score_confusion(
+        r.confusion_per_seed[0], matching=Matching.many_to_one_precision,
+        ignore_index=bands.ignore_index,  # type: ignore[attr-defined]
+        mean_over=MeanOver.all_classes,
+    )
+    assert r.mean == pytest.approx(expected.miou)
+    assert result.to_dict()["results"][0]["under_clustering"] is True
+    over = cluster_eval(feats, bands, _cfg(ks=[6], seeds=[0]), grid=8, figure_examples=0)
+    assert [x.under_clustering for x in over.results] == [False, False]
