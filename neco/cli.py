@@ -23,6 +23,8 @@ _USER_ERRORS = {
     "neco.method.manifest": ("ManifestError",),
     "neco.method.crops": ("CropSamplingError",),
     "neco.download.extract": ("ExtractError",),
+    "neco.data.errors": ("DataError",),
+    "neco.io": ("DiskFullError",),
 }
 
 
@@ -40,6 +42,19 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: a line ending in ``:`` runs on with a space, others with ``; ``.
+
+    Multi-line messages (a download error lists every URL tried) stay readable in a log that
+    is grepped line by line.
+    """
+    out = ""
+    for line in (part.strip() for part in str(message).splitlines()):
+        if line:
+            out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
 def run_stage(main: Callable[[], T]) -> T:
     """Call ``main()``; print user errors as one line and exit 1."""
     try:
@@ -47,5 +62,5 @@ def run_stage(main: Callable[[], T]) -> T:
     except user_error_types() as err:
         if os.environ.get("NECO_TRACEBACK"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         raise SystemExit(1) from None

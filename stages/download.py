@@ -10,6 +10,12 @@ fetch function from ``neco.data.registry``: real datasets download (or link a ``
 and verify their archives; ``synthetic`` runs the generator. Offline, a download fails within
 seconds with a message that names each URL and the alternatives (mirror ``urls``,
 ``local_path``, ``cache_dir``).
+
+Partial downloads are kept outside ``--out`` (DVC deletes a failed stage's outputs before it
+reruns it): in ``datasets.<source>.cache_dir`` when set, else in ``$XDG_CACHE_HOME/neco/downloads``
+(``~/.cache/neco/downloads``), under a file lock. So a rerun of a failed ``download@<source>``
+resumes with an HTTP ``Range`` request, and two concurrent runs never write the same partial
+file (``neco.download.fetch``).
 """
 
 from __future__ import annotations

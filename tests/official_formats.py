@@ -2,7 +2,11 @@
 
 The key names here are written out by hand from the DINOv2 (``dinov2/models/
 vision_transformer.py``) and DINO (``vision_transformer.py``, ``DINOHead``) code bases, not
-derived from timm or from ``neco.models.checkpoints``, so loading them tests the key maps.
+derived from timm or from ``neco.models.checkpoints``, so loading them tests the key maps. The
+whole-file builders at the end (``dino_full_checkpoint``, ``ibot_file``, ``cribo_file``,
+``leopart_file``, ``timetuning_file``, ``neco_release_file``, ``neco_lightning_checkpoint``)
+add each publisher's containers and extra groups as documented in
+``/work/shared/notes/checkpoints.md`` (M1-M5; the publishers' READMEs and model code).
 ``reference_vit_forward`` is a from-scratch functional ViT that reads those official names
 and reproduces DINOv2's ``prepare_tokens_with_masks`` / ``interpolate_pos_encoding``.
 """

@@ -94,3 +94,41 @@ def test_sections_are_frozen() -> None:
     train = load_section(ROOT / "params.yaml", "train", TrainConfig)
     with pytest.raises(AttributeError):
         train.backbone = "x"  # type: ignore[misc]
+
+
+def test_unknown_top_level_key_fails_every_load(tmp_path: Path) -> None:
+    """A misspelt section used to be ignored by every stage (only validate_params saw it)."""
+    from neco.config import read_params
+
+    path = _write(tmp_path, lambda p: p.update(trainn={"epochs": 1}))
+    loads = [lambda: read_params(path), lambda: load_value(path, "seed", int),
+             lambda: load_section(path, "train", TrainConfig)]
+    for load in loads:
+        with pytest.raises(ConfigError, match=r"params\.yaml: unknown top-level key\(s\) "
+                                              r"\['trainn'\]; expected only \['crops', 'data', "
+                                              r"'datasets', 'eval', 'report', 'runtime', "
+                                              r"'seed', 'train'\]"):
+            load()
+
+
+def test_known_top_level_keys_are_one_constant(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A future top-level key (e.g. ``preset``) is added in one place."""
+    from neco.config import loader
+
+    path = _write(tmp_path, lambda p: p.update(preset="demo"))
+    with pytest.raises(ConfigError, match=r"\['preset'\]"):
+        load_value(path, "seed", int)
+    monkeypatch.setattr(loader, "EXTRA_TOP_LEVEL_KEYS", (*loader.EXTRA_TOP_LEVEL_KEYS, "preset"))
+    assert load_value(path, "seed", int) == 400
+    assert "preset" in loader.top_level_keys()
+
+
+def test_reading_params_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from neco.config import load_value, read_params; "
+            "read_params('params.yaml'); load_value('params.yaml', 'seed', int); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

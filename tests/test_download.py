@@ -15,7 +15,14 @@ import yaml
 
 from neco.config import DownloadConfig
 from neco.download.archives import ArchiveConfig
-from neco.download.fetch import DownloadError, fetch, fetch_archives, marker_path
+from neco.download.fetch import (
+    DownloadError,
+    default_download_cache,
+    fetch,
+    fetch_archives,
+    marker_path,
+    part_path,
+)
 from neco.download.transfer import FatalError, TransientError, classify_error
 from tests.fixtures.http_server import LocalServer, http_server_fixture  # noqa: F401
 
@@ -24,6 +31,18 @@ MD5 = hashlib.md5(BODY).hexdigest()
 SHA1 = hashlib.sha1(BODY).hexdigest()
 NET = dict(retries=0, timeout_s=5.0, backoff_s=0.0, progress=False)
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _download_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Partial downloads go to ``$XDG_CACHE_HOME/neco/downloads``: a per-test folder here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "neco" / "downloads"
+
+
+def _part(name: str, md5: str = MD5) -> Path:
+    """The partial download of ``name`` (expected ``md5``) in the default download cache."""
+    return part_path(default_download_cache(), name, {"md5": md5}, [], None)
 
 
 def _runtime_lines(retries: int = 0) -> list[str]:
@@ -36,7 +55,7 @@ def test_success_writes_verified_file_and_marker(http_server: LocalServer, tmp_p
     url = http_server.add("/a.bin", BODY)
     dest = fetch([url], tmp_path / "a.bin", md5=MD5, sha1=SHA1, size=len(BODY), **NET)
     assert dest.read_bytes() == BODY
-    assert not (tmp_path / "a.bin.part").exists()
+    assert not _part("a.bin").exists() and not (tmp_path / "a.bin.part").exists()
     assert f'"md5": "{MD5}"' in marker_path(dest).read_text()
 
 
@@ -59,10 +78,11 @@ def test_existing_file_without_marker_is_verified_not_downloaded(
 def test_interrupted_download_resumes_with_range(http_server: LocalServer, tmp_path: Path) -> None:
     cut = 300_000
     url = http_server.add("/a.bin", BODY, truncate_at=cut)
-    with pytest.raises(DownloadError, match="truncated"):
+    with pytest.raises(DownloadError, match="truncated") as err:
         fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
-    part = tmp_path / "a.bin.part"
+    part = _part("a.bin")
     assert part.stat().st_size == cut
+    assert f"partial download ({cut} bytes) is kept in {part}" in str(err.value)
     http_server.routes["/a.bin"].truncate_at = None
     dest = fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
     assert dest.read_bytes() == BODY
@@ -73,9 +93,11 @@ def test_interrupted_download_resumes_with_range(http_server: LocalServer, tmp_p
 def test_resume_falls_back_to_full_restart_on_200(http_server: LocalServer,
                                                   tmp_path: Path) -> None:
     url = http_server.add("/a.bin", BODY, support_range=False)
-    (tmp_path / "a.bin.part").write_bytes(b"garbage-prefix")
+    _part("a.bin").parent.mkdir(parents=True)
+    _part("a.bin").write_bytes(b"garbage-prefix")
     dest = fetch([url], tmp_path / "a.bin", md5=MD5, **NET)
     assert dest.read_bytes() == BODY
+    assert http_server.hits("/a.bin")[0]["Range"] == "bytes=14-"
 
 
 def test_retry_within_one_call_resumes(http_server: LocalServer, tmp_path: Path) -> None:
@@ -92,7 +114,7 @@ def test_md5_mismatch_removes_partial_and_names_hashes(http_server: LocalServer,
     with pytest.raises(DownloadError) as err:
         fetch([url], tmp_path / "a.bin", md5=wrong, **NET)
     assert wrong in str(err.value) and MD5 in str(err.value)
-    assert not (tmp_path / "a.bin.part").exists()
+    assert not _part("a.bin", wrong).exists()
     assert not (tmp_path / "a.bin").exists()
 
 
@@ -148,7 +170,8 @@ def test_html_error_page_is_rejected(http_server: LocalServer, tmp_path: Path, c
     url = http_server.add("/a.bin", body, content_type=ctype)
     with pytest.raises(DownloadError, match="HTML"):
         fetch([url], tmp_path / "a.bin", **NET)
-    assert not (tmp_path / "a.bin").exists() and not (tmp_path / "a.bin.part").exists()
+    assert not (tmp_path / "a.bin").exists()
+    assert not list(default_download_cache().glob("*.part"))
 
 
 def test_html_page_far_below_expected_size_is_rejected(http_server: LocalServer,
@@ -251,10 +274,11 @@ def test_download_stage_main_coco_and_offline_message(http_server: LocalServer,
 def test_complete_partial_is_verified_without_request(http_server: LocalServer,
                                                       tmp_path: Path) -> None:
     url = http_server.add("/a.bin", BODY)
-    (tmp_path / "a.bin.part").write_bytes(BODY)
+    _part("a.bin").parent.mkdir(parents=True)
+    _part("a.bin").write_bytes(BODY)
     fetch([url], tmp_path / "a.bin", md5=MD5, size=len(BODY), **NET)
     assert http_server.hits("/a.bin") == []
-    (tmp_path / "b.bin.part").write_bytes(BODY[::-1])  # right size, wrong bytes: refetched
+    _part("b.bin").write_bytes(BODY[::-1])  # right size, wrong bytes: refetched
     fetch([url], tmp_path / "b.bin", md5=MD5, size=len(BODY), **NET)
     assert (tmp_path / "b.bin").read_bytes() == BODY
 
@@ -332,3 +356,200 @@ def test_download_config_is_the_runtime_schema() -> None:
     assert fetch_module.DownloadConfig is DownloadConfig
     assert {f.name: f.type for f in dataclasses.fields(RuntimeConfig)}["download"] in (
         DownloadConfig, "DownloadConfig")
+
+
+# ------------------------------------------------- partial downloads outside the stage outputs
+
+
+def _ade_params(tmp_path: Path, url: str, *, cache_dir: Path | None = None) -> Path:
+    dataset = ["datasets:", "  ade20k:", "    archives:", "      ade20k:",
+               "        filename: ADEChallengeData2016.zip", f"        urls: [{url}]",
+               f"        md5: {MD5}", "        sha1: null", f"        size: {len(BODY)}",
+               "        local_path: null", "    hbird_sets: null", "    verify_counts: false",
+               f"    cache_dir: {cache_dir if cache_dir is not None else 'null'}"]
+    params = tmp_path / "params.yaml"
+    params.write_text("\n".join([*_runtime_lines(), *dataset]) + "\n")
+    return params
+
+
+@pytest.mark.parametrize("with_cache_dir", [False, True])
+def test_resume_survives_dvc_deleting_the_failed_stage_output(
+        http_server: LocalServer, tmp_path: Path, with_cache_dir: bool) -> None:
+    """download@ade20k is cut after N bytes; DVC deletes data/raw/ade20k before the rerun; the
+    rerun still resumes with ``Range: bytes=N-`` because the .part lives outside the output."""
+    import shutil
+
+    from stages.download import main
+
+    cut = 300_000
+    url = http_server.add("/ADEChallengeData2016.zip", BODY, truncate_at=cut, truncate_times=1)
+    cache = tmp_path / "shared" if with_cache_dir else None
+    params = _ade_params(tmp_path, url, cache_dir=cache)
+    raw = tmp_path / "data" / "raw" / "ade20k"
+    argv = ["--params", str(params), "--dataset", "ade20k", "--out", str(raw)]
+    with pytest.raises(DownloadError, match="truncated body"):
+        main(argv)
+    part = part_path(cache or default_download_cache(), "ADEChallengeData2016.zip",
+                     {"md5": MD5}, [], None)
+    assert part.stat().st_size == cut
+    assert not (raw / "ADEChallengeData2016.zip").exists()
+    shutil.rmtree(raw)  # what `dvc repro` does to the outputs of a stage before running it
+    main(argv)
+    hits = http_server.hits("/ADEChallengeData2016.zip")
+    assert [h.get("Range") for h in hits] == [None, f"bytes={cut}-"]
+    assert (raw / "ADEChallengeData2016.zip").read_bytes() == BODY
+    assert f'"md5": "{MD5}"' in marker_path(raw / "ADEChallengeData2016.zip").read_text()
+    assert not part.exists()
+    assert not list(raw.glob("*.part")), "no partial file inside the stage output"
+
+
+def _record_transfers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """Wrap ``transfer`` so that each call logs its start and end and takes >= 0.3 s."""
+    import threading
+
+    from neco.download import fetch as fetch_module
+
+    events: list[tuple[str, float]] = []
+    real, guard = fetch_module.transfer, threading.Lock()
+
+    def slow_transfer(*args: object, **kwargs: object) -> None:
+        with guard:
+            events.append(("start", time.monotonic()))
+        time.sleep(0.3)
+        try:
+            real(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with guard:
+                events.append(("end", time.monotonic()))
+
+    monkeypatch.setattr(fetch_module, "transfer", slow_transfer)
+    return events
+
+
+def test_concurrent_fetches_of_one_file_serialise_on_the_lock(
+        http_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads fetch the same URL to the same place: one downloads, the other waits on the
+    lock and then finds the verified file; the transfers never overlap."""
+    import threading
+
+    events = _record_transfers(monkeypatch)
+    url = http_server.add("/a.bin", BODY)
+    results: dict[int, Path | BaseException] = {}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fetch([url], tmp_path / "raw" / "a.bin", md5=MD5, size=len(BODY), **NET)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {0: tmp_path / "raw" / "a.bin", 1: tmp_path / "raw" / "a.bin"}
+    assert [e for e, _ in events] == ["start", "end"], "the second run must not transfer again"
+    assert len(http_server.hits("/a.bin")) == 1
+    assert hashlib.md5((tmp_path / "raw" / "a.bin").read_bytes()).hexdigest() == MD5
+
+
+_CHILD = """
+import sys, time
+from pathlib import Path
+from neco.download import fetch as F
+go, log, url, dest, md5 = sys.argv[1:6]
+real = F.transfer
+def logged(*a, **k):
+    with open(log, "a") as fh:
+        fh.write(f"start {time.monotonic()}\\n")
+    time.sleep(0.3)
+    try:
+        real(*a, **k)
+    finally:
+        with open(log, "a") as fh:
+            fh.write(f"end {time.monotonic()}\\n")
+F.transfer = logged
+while not Path(go).exists():
+    time.sleep(0.01)
+F.fetch([url], Path(dest), md5=md5, retries=0, timeout_s=10.0, backoff_s=0.0, progress=False)
+"""
+
+
+def test_two_processes_sharing_the_download_cache_take_turns(
+        http_server: LocalServer, tmp_path: Path) -> None:
+    """Two processes (two checkouts, one default download cache) fetch the same file: the lock
+    makes them take turns on the one ``.part`` (no interleaved appends), both files verify."""
+    import os
+    import subprocess
+    import sys
+
+    url = http_server.add("/a.bin", BODY)
+    go, log = tmp_path / "go", tmp_path / "log.txt"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "PYTHONPATH": str(ROOT)}
+    dests = [tmp_path / f"checkout{i}" / "a.bin" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(go), str(log), url, str(d), MD5],
+                              env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for d in dests]
+    time.sleep(0.5)
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    for d in dests:
+        assert hashlib.md5(d.read_bytes()).hexdigest() == MD5
+    events = [line.split()[0] for line in log.read_text().splitlines()]
+    assert events == ["start", "end", "start", "end"], events  # never two transfers at once
+    assert [h.get("Range") for h in http_server.hits("/a.bin")] == [None, None]
+    assert not list((tmp_path / "xdg" / "neco" / "downloads").glob("*.part"))
+
+
+def test_default_download_cache_follows_xdg(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    assert default_download_cache() == tmp_path / "c" / "neco" / "downloads"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_download_cache() == tmp_path / "home" / ".cache" / "neco" / "downloads"
+    key = part_path(tmp_path, "x.zip", {"md5": "ab", "sha1": "cd"}, ["u"], None)
+    assert key == tmp_path / "x.zip.sha1-cd.part"
+    assert part_path(tmp_path, "x.zip", {}, ["u"], 3) != part_path(tmp_path, "x.zip", {}, ["v"], 3)
+
+
+def test_disk_full_while_downloading_is_one_error_and_keeps_the_partial(
+        http_server: LocalServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC while appending to the .part: a DiskFullError naming the .part, bytes kept."""
+    import errno
+
+    from neco.download import transfer as transfer_module
+    from neco.io import DiskFullError
+
+    url = http_server.add("/a.bin", BODY)
+    real_open = open
+    writes = {"n": 0}
+
+    class FullFile:
+        def __init__(self, fh: object) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> FullFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()  # type: ignore[attr-defined]
+
+        def write(self, data: bytes) -> int:
+            writes["n"] += 1
+            if writes["n"] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)  # type: ignore[attr-defined,no-any-return]
+
+    def fake_open(path: object, mode: str = "r", *a: object, **k: object) -> object:
+        fh = real_open(path, mode, *a, **k)  # type: ignore[call-overload]
+        return FullFile(fh) if mode == "ab" else fh
+
+    monkeypatch.setattr(transfer_module, "open", fake_open, raising=False)
+    with pytest.raises(DiskFullError, match=r"a\.bin\.md5-[0-9a-f]+\.part: no space left on "
+                                            r"device .*bytes kept") as err:
+        fetch([url], tmp_path / "a.bin", md5=MD5, **NET)
+    assert "\n" not in str(err.value)
+    assert _part("a.bin").stat().st_size > 0 and not (tmp_path / "a.bin").exists()

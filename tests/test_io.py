@@ -84,3 +84,75 @@ def test_log_progress_yields_everything(enabled: bool,
         range(7))
     err = capsys.readouterr().err
     assert ("things" in err and "7/7" in err) if enabled else err == ""
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+def _enospc(*_: object, **__: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_atomic_write_on_full_disk_names_the_path(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "out" / "metrics.json"
+    monkeypatch.setattr(Path, "write_bytes", _enospc)
+    with pytest.raises(nio.DiskFullError) as err:
+        nio.write_json(dest, {"a": 1})
+    msg = str(err.value)
+    assert msg.startswith(f"{dest}: no space left on device (") and "\n" not in msg
+    assert err.value.errno == 28 and isinstance(err.value, OSError)
+    assert list(dest.parent.iterdir()) == []  # neither dest nor the temporary file
+
+
+def test_errnoless_writer_failure_is_disk_full_only_when_the_disk_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save on a full disk raises RuntimeError('... iostream error') without an errno."""
+    iostream = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"
+                            "\nbasic_ios::clear: iostream error")
+    dest = tmp_path / "features.pt"
+
+    def save(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise iostream
+
+    with pytest.raises(RuntimeError, match="iostream error") as err:  # disk not full: unchanged
+        with nio.atomic_path(dest) as tmp:
+            save(tmp)
+    assert err.value is iostream
+    monkeypatch.setattr(nio, "free_bytes", lambda path: 4096)
+    with pytest.raises(nio.DiskFullError, match=r"features\.pt: no space left on device \(0\.0 "
+                                                r"MiB free; the writer said: \[enforce fail.* "
+                                                r"iostream error\)") as full:
+        with nio.atomic_path(dest) as tmp:
+            save(tmp)
+    assert "\n" not in str(full.value) and not list(tmp_path.iterdir())
+    assert not nio.is_disk_full(ValueError("iostream error"), tmp_path)
+    assert nio.is_disk_full(OSError("write failed: No space left on device"), tmp_path)
+    assert not nio.is_disk_full(OSError(13, "Permission denied"), tmp_path)
+
+
+def test_staged_dir_on_full_disk(tmp_path: Path) -> None:
+    from neco.data.staging import staged_dir
+
+    dest = tmp_path / "prepared"
+    with pytest.raises(nio.DiskFullError, match=f"{dest}: no space left on device"):
+        with staged_dir(dest) as tmp:
+            (tmp / "a.txt").write_text("x")
+            _enospc()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_prints_multi_line_messages_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from neco.cli import one_line, run_stage
+
+    assert one_line("could not fetch a.zip. Tried:\n  u1: 404\n  u2: timeout\nAlternatives: x") \
+        == "could not fetch a.zip. Tried: u1: 404; u2: timeout; Alternatives: x"
+
+    def main() -> None:
+        raise nio.DiskFullError(Path("/data/x"))
+
+    with pytest.raises(SystemExit):
+        run_stage(main)
+    err = capsys.readouterr().err
+    assert err.startswith("error: /data/x: no space left on device") and err.count("\n") == 1

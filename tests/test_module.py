@@ -18,7 +18,7 @@ from neco.method.loss import loss_from_maps
 from neco.method.manifest import ManifestIndex, build_manifest
 from neco.models.recipes import resolve_train_config
 from neco.train.datamodule import MultiCropDataset
-from neco.train.module import NeCoModule
+from neco.train.module import NeCoModule, reference_seed
 from tests.fixtures.tiny_training import TinySetup, build_tiny
 
 torch.set_num_threads(1)
@@ -46,14 +46,14 @@ def batch(tiny: TinySetup) -> Batch:
 
 
 def make_module(
-    tiny: TinySetup, *, loss: dict[str, Any] | None = None, **changes: Any
+    tiny: TinySetup, *, loss: dict[str, Any] | None = None, world_size: int = 1, **changes: Any
 ) -> NeCoModule:
     train = tiny.train()
     if loss:
         train = replace(train, loss=replace(train.loss, **loss))
     train = replace(train, **changes)
     resolved = resolve_train_config(train, tiny.crops())["values"]
-    return NeCoModule(train=train, resolved=resolved, seed=SEED, devices=1)
+    return NeCoModule(train=train, resolved=resolved, seed=SEED, world_size=world_size)
 
 
 def fit_steps(
@@ -279,13 +279,48 @@ def test_module_rejects_a_queue_too_small_for_the_batch(tiny: TinySetup) -> None
         make_module(tiny, loss={"queue_length": 8})  # B*n = 4*4 = 16 > 8
 
 
-def test_state_dict_holds_queue_and_excludes_nothing(tiny: TinySetup) -> None:
-    """The Lightning checkpoint state: student, teacher and the queue buffers (for resuming)."""
-    keys = make_module(tiny).state_dict().keys()
-    assert {"queue.banks", "queue.ptr", "queue.filled"} <= set(keys)
+def test_state_dict_holds_networks_and_the_checkpoint_the_per_rank_queue(
+    tiny: TinySetup, batch: Batch
+) -> None:
+    """state_dict: student and teacher only. The queue is no buffer (DDP would broadcast it from
+    rank 0 every forward); the checkpoint holds it and the reference generator per rank."""
+    module = make_module(tiny)
+    keys = module.state_dict().keys()
+    assert not any(k.startswith("queue") for k in keys)
+    assert not any(n.startswith("queue") for n, _ in module.named_buffers())
     assert any(k.startswith("teacher.backbone.") for k in keys)
     assert any(k.startswith("student.head.") for k in keys)
     copy.deepcopy(make_module(tiny))  # picklable/copyable for DDP spawn and checkpoints
+
+    fit_steps(module, batch, 2)
+    ckpt: dict[str, Any] = {}
+    module.on_save_checkpoint(ckpt)
+    assert module.queue is not None and ckpt["neco_world_size"] == 1
+    assert ckpt["neco_queue"]["banks"].shape == (1, 2, 64, 16)  # (world, banks, rows, d)
+    assert ckpt["neco_queue"]["filled"].tolist() == [[16, 16]]
+    assert ckpt["neco_generator_states"].shape[0] == 1
+    fresh = make_module(tiny)
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.queue is not None
+    assert torch.equal(fresh.queue.banks, module.queue.banks)
+    assert torch.equal(fresh.generator.get_state(), module.generator.get_state())
+    with pytest.raises(ValueError, match="written by 1 processes, this run has 2"):
+        make_module(tiny, world_size=2).on_load_checkpoint(ckpt)
+
+
+def test_world_size_splits_the_queue_and_the_reference_streams(tiny: TinySetup) -> None:
+    """world = devices x nodes: queue_length // world rows per device (official), and rank 0
+    keeps the single-process reference stream (seed + 1) while other ranks get their own."""
+    one, two = make_module(tiny), make_module(tiny, world_size=2)
+    assert one.queue is not None and one.queue.banks.shape == (2, 64, 16)
+    assert two.queue is not None and two.queue.banks.shape == (2, 32, 16)
+    assert reference_seed(SEED, 0) == SEED + 1
+    assert torch.equal(one.generator.get_state(), torch.Generator().manual_seed(SEED + 1).get_state())
+    assert len({reference_seed(SEED, r) for r in range(4)}) == 4
+    # per device: B/world * n = 2 * 4 = 8 references must fit into queue_length // world
+    with pytest.raises(ValueError, match="leaves 6 rows per device"):
+        make_module(tiny, world_size=2, loss={"queue_length": 12})
+    make_module(tiny, world_size=2, loss={"queue_length": 16})
 
 
 def test_no_teacher_ablation_trains_from_a_second_student_forward(

@@ -19,8 +19,15 @@ from neco.io import sha256_file
 from neco.models import fetch as W
 from neco.models.checkpoints import KEY_MAPS
 from neco.models.fetch import resolve_weights_file
-from neco.models.registry import BACKBONES, SourceKind, WeightsError, WeightSource, url_source
-from neco.models.vit import build_backbone, load_neco_checkpoint, load_weights_file
+from neco.models.registry import (
+    BACKBONES,
+    SourceKind,
+    WeightsError,
+    WeightSource,
+    local_source,
+    url_source,
+)
+from neco.models.vit import build_backbone, load_neco_checkpoint
 
 torch.set_num_threads(1)
 
@@ -83,16 +90,32 @@ def test_registry_sources_match_spec_urls() -> None:
         assert spec.key_map in KEY_MAPS, name
         if spec.weights.kind is SourceKind.URL:
             assert spec.weights.urls and all(u.startswith("https://") for u in spec.weights.urls)
-            assert spec.weights.filename and spec.weights.filename.endswith(".pth")
-    local = {n for n, s in BACKBONES.items() if s.weights.kind is SourceKind.LOCAL_ONLY}
-    assert local == {
-        "ibot_vits16",
-        "ibot_vitb16",
-        "cribo_vits16",
-        "cribo_vitb16",
-        "timetuning_vits16",
-        "leopart_vits16",
-    }
+            assert spec.weights.filename and spec.weights.filename.endswith((".pth", ".ckpt"))
+            assert spec.weights.sha256 is None  # no publisher gives one (checkpoints.md M5)
+    # every pretrained backbone has a public URL now (checkpoints.md M5)
+    kinds = {n: s.weights.kind for n, s in BACKBONES.items()}
+    assert {n for n, k in kinds.items() if k is not SourceKind.URL} == {"vit_tiny_demo"}
+    ibot = "https://lf3-nlp-opensource.bytetos.com/obj/nlp-opensource/archive/2022/ibot"
+    assert BACKBONES["ibot_vits16"].weights.urls == (f"{ibot}/vits_16/checkpoint_teacher.pth",)
+    assert BACKBONES["ibot_vitb16"].weights.urls == (f"{ibot}/vitb_16/checkpoint_teacher.pth",)
+    assert BACKBONES["cribo_vits16"].weights.urls == (
+        "https://rdr.kuleuven.be/api/access/datafile/159665",
+    )
+    assert BACKBONES["cribo_vitb16"].weights.urls == (
+        "https://rdr.kuleuven.be/api/access/datafile/159666",
+    )
+    assert BACKBONES["leopart_vits16"].weights.urls == (
+        "https://www.dropbox.com/s/0kjy61jh4i3vbnh/leopart_vits16.ckpt?dl=1",
+    )
+    assert BACKBONES["timetuning_vits16"].weights.urls == (
+        "https://www.dropbox.com/scl/fi/nnx2mm8ian9w49vstpgz0/TimeT.pth"
+        "?rlkey=w9q3hvxd51nb63ammy33qhry0&dl=1",
+    )
+    assert BACKBONES["leopart_vits16"].weights.filename == "leopart_vits16.ckpt"
+    assert BACKBONES["timetuning_vits16"].weights.filename == "TimeT.pth"
+    files = [s.weights.filename for s in BACKBONES.values() if s.weights.filename]
+    urls = {s.weights.urls for s in BACKBONES.values() if s.weights.filename}
+    assert len(set(files)) == len(urls)  # distinct files never share a cache name
 
 
 def test_offline_unresolvable_host_fails_fast_naming_url_and_override(tmp_path) -> None:
@@ -167,11 +190,38 @@ def test_cached_file_is_used_without_network(tmp_path, v2_plain, monkeypatch) ->
         resolve_weights_file("dinov2_vits14", bad, cache_dir=tmp_path, progress=False)
 
 
-def test_missing_cache_dir_and_local_only_sources_say_what_to_set() -> None:
+def test_missing_cache_dir_and_local_only_sources_say_what_to_set(monkeypatch) -> None:
     with pytest.raises(WeightsError, match=r"train\.weights_cache"):
         _build("dinov2_vits14", None)
+    spec = BACKBONES["leopart_vits16"]
+    local = local_source("Leopart ViT-S/16 checkpoint", note="test")
+    monkeypatch.setitem(BACKBONES, "leopart_vits16", replace(spec, weights=local))
     with pytest.raises(WeightsError, match=r"no public weight URL.*train\.weights="):
         _build("leopart_vits16", None)
+
+
+def test_random_init_report_says_no_file_was_read() -> None:
+    report = _build("vit_tiny_demo", None).load_report
+    assert report["source"] == "random" and report["sha256"] is None
+    assert report["key_map"] is None and "no weight file" in report["note"]
+
+
+def test_weights_stage_records_the_sha256_of_the_file_read(tmp_path, v1) -> None:
+    """``models/init/weights.json`` gets the backbone's load report (stages/weights.py)."""
+    import json
+
+    from stages.weights import main
+
+    path = _save(v1, tmp_path / "dino_deitsmall16_pretrain.pth")
+    params = tmp_path / "params.yaml"
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    text = re.sub(r"(?m)^(  backbone:\s*)\S+", r"\g<1>dino_vits16", text, count=1)
+    text = re.sub(r"(?m)^(  weights:\s*)\S+", rf"\g<1>{path}", text, count=1)
+    params.write_text(text)
+    main(["--params", str(params), "--out", str(tmp_path / "init")])
+    report = json.loads((tmp_path / "init" / "weights.json").read_text())["load_report"]
+    assert report["sha256"] == sha256_file(path) and report["source"] == str(path)
+    assert report["key_map"] == "dino"
 
 
 # -------------------------------------------------------------------------------- key maps
@@ -264,11 +314,20 @@ def test_cribo_format(tmp_path, v1) -> None:
     _assert_loaded(bb, v1)
 
 
-@pytest.mark.parametrize("name", ["leopart_vits16", "timetuning_vits16"])
-@pytest.mark.parametrize("wrap", ["flat", "lightning"])
-def test_leopart_and_timetuning_formats(tmp_path, v1, name, wrap) -> None:
-    obj = dict(v1) if wrap == "flat" else {"state_dict": {f"model.{k}": v for k, v in v1.items()}}
-    _assert_loaded(_build(name, _save(obj, tmp_path / "w.ckpt.pth")), v1)
+def test_leopart_and_timetuning_real_layouts(tmp_path, v1) -> None:
+    """The real layouts (checkpoints.md M1, M2); every variant: tests/test_checkpoint_formats.py."""
+    leo = {f"model.{k}": v for k, v in v1.items()}
+    leo.update({"model.projection_head.0.weight": torch.zeros(4, 384),
+                "model.prototypes.weight": torch.zeros(3, 4)})  # fmt: skip
+    bb = _build("leopart_vits16", _save(leo, tmp_path / "leopart_vits16.ckpt"))
+    _assert_loaded(bb, v1)
+    assert bb.load_report["dropped"] == ["projection_head.0.weight", "prototypes.weight"]
+    timet = {f"feature_extractor.backbone.{k}": v for k, v in v1.items()}
+    timet.update({"feature_extractor.head.0.weight": torch.zeros(2), "prototypes": torch.zeros(2)})
+    _assert_loaded(_build("timetuning_vits16", _save(timet, tmp_path / "TimeT.pth")), v1)
+    # the old assumption (a flat ViT dict) is not the TimeT layout: it fails, naming the prefix
+    with pytest.raises(WeightsError, match=r"feature_extractor\.backbone\."):
+        _build("timetuning_vits16", _save(dict(v1), tmp_path / "flat.pth"))
 
 
 def test_released_neco_lightning_checkpoint(tmp_path, v2_plain) -> None:
@@ -286,11 +345,14 @@ def test_released_neco_lightning_checkpoint(tmp_path, v2_plain) -> None:
     )
     _assert_loaded(student, v2_plain, skip=("mask_token",))
     assert student.load_report["ignored_outside_prefix"] == len(teacher)
+    assert student.load_report["outside_prefixes"] == ["teacher."]
     t = load_neco_checkpoint(path, "dinov2_vits14_xr", which="teacher", pos_embed_interp="official")
     _assert_loaded(t, teacher, skip=("mask_token",))
-    bb = _build("dinov2_vits14_xr", "random")
-    with pytest.raises(WeightsError, match=re.escape("prefixes are ['model.', 'teacher.']")):
-        load_weights_file(bb, path, prefix="student.")
+    sd["student.cls_token"] = sd.pop("model.cls_token")
+    path = _save({"state_dict": sd}, tmp_path / "renamed.ckpt")
+    with pytest.raises(WeightsError, match=r"outside the backbone prefix 'teacher\.' \(1\): "
+                       r"student\.cls_token"):  # fmt: skip
+        load_neco_checkpoint(path, "dinov2_vits14_xr", which="teacher", pos_embed_interp="official")
     with pytest.raises(ValueError, match="checkpoint_key"):
         load_neco_checkpoint(path, "dinov2_vits14_xr", which="ema", pos_embed_interp="official")
 

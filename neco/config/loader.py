@@ -83,8 +83,26 @@ def _normalise_enums(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+#: Top-level keys of a params file besides the ``SECTION_SCHEMAS`` sections: scalars and the
+#: ``datasets`` blocks. A new top-level key is added here (and to ``neco.config.validate``).
+EXTRA_TOP_LEVEL_KEYS: tuple[str, ...] = ("seed", "datasets")
+
+
+def top_level_keys() -> frozenset[str]:
+    """Every top-level key a params file may have (sections + ``EXTRA_TOP_LEVEL_KEYS``)."""
+    from neco.config.sections import SECTION_SCHEMAS  # schemas only, no torch
+
+    return frozenset(SECTION_SCHEMAS) | frozenset(EXTRA_TOP_LEVEL_KEYS)
+
+
 def read_params(params_path: str | Path) -> dict[str, Any]:
-    """Read a params file into plain containers, with a clear error for bad YAML."""
+    """Read a params file into plain containers, with a clear error for bad YAML.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, is not a mapping, or has a top-level key
+            that is not one of :func:`top_level_keys` (a misspelt section would otherwise be
+            ignored silently); the message lists the known keys.
+    """
     path = Path(params_path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
@@ -95,6 +113,11 @@ def read_params(params_path: str | Path) -> dict[str, Any]:
     container = OmegaConf.to_container(raw, resolve=False)
     if not isinstance(container, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    known = top_level_keys()
+    unknown = sorted(str(k) for k in container if k not in known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; expected only "
+                          f"{sorted(known)}")
     # the stubs allow any YAML scalar as a key; a params file's top-level keys are section names
     return cast(dict[str, Any], container)
 

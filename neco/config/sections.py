@@ -69,6 +69,7 @@ class TrainConfig:
     devices: int
     strategy: str
     max_steps: int | None
+    num_nodes: int = 1  # machines; world size = devices x num_nodes (last: it has a default)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from neco.config import DownloadConfig
+from neco.config import ConfigError, DownloadConfig
+from neco.data.errors import DataError
 from neco.data.meta import SplitRecord, md5_bytes, parse_id_list, write_split
 from neco.download.archives import ArchiveConfig
 from neco.download.fetch import fetch_archives
@@ -105,26 +106,27 @@ def check_file_list(files: Sequence[str], *, dataset: str, verify: bool) -> None
     """Check configured file-set paths: right dataset, known shape, full table when verifying.
 
     Raises:
-        ValueError: naming the offending path.
+        ConfigError: naming ``datasets.<dataset>.hbird_sets.files`` and the offending path.
     """
+    key = f"datasets.{dataset}.hbird_sets.files"
     for rel in files:
         if not rel.startswith(f"{dataset}/"):
-            raise ValueError(f"hbird_sets.files: {rel!r} is not a {dataset} file set")
+            raise ConfigError(f"{key}: {rel!r} is not a {dataset} file set")
         if rel not in REFERENCE_ORDER_FILES and not _LOW_SHOT_RE.match(rel):
-            raise ValueError(
-                f"hbird_sets.files: {rel!r} is neither a low-shot set "
+            raise ConfigError(
+                f"{key}: {rel!r} is neither a low-shot set "
                 f"'{dataset}/1_div_<d>/<split>_<d>_<seed>.txt' nor one of "
                 f"{sorted(REFERENCE_ORDER_FILES)}"
             )
         if rel not in REFERENCE_ORDER_FILES:
             _low_shot_div(rel)
     if len(set(files)) != len(files):
-        raise ValueError(f"hbird_sets.files: duplicate entries in {list(files)}")
+        raise ConfigError(f"{key}: duplicate entries in {list(files)}")
     if verify and sorted(files) != expected_files(dataset):
         missing = sorted(set(expected_files(dataset)) - set(files))
         extra = sorted(set(files) - set(expected_files(dataset)))
-        raise ValueError(
-            f"hbird_sets.files must list every {dataset} file set of datasets.md §7 when "
+        raise ConfigError(
+            f"{key} must list every {dataset} file set of datasets.md §7 when "
             f"verify_counts is true; missing {missing}, unexpected {extra}"
         )
 
@@ -191,7 +193,8 @@ def install_hbird_sets(
         ``reference_order/<split>``, for ``meta.json``.
 
     Raises:
-        ValueError: naming the file, on md5/size mismatch or ids outside the base split.
+        FileNotFoundError: naming a file set that was not fetched.
+        DataError: naming the file, on md5/size mismatch or ids outside the base split.
     """
     check_file_list(files, dataset=dataset, verify=verify)
     base = BASE_SPLIT[dataset]
@@ -199,11 +202,12 @@ def install_hbird_sets(
     for rel in sorted(files):
         path = src_dir / rel
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: Hummingbird file set not found (fetch it first)")
+            raise FileNotFoundError(f"{path}: Hummingbird file set not found; run the "
+                                    f"download@{dataset} stage (`dvc repro download@{dataset}`)")
         data = path.read_bytes()
         digest = md5_bytes(data)
         if verify and digest != HBIRD_MD5[rel]:
-            raise ValueError(f"{path}: md5 {digest} != expected {HBIRD_MD5[rel]} (datasets.md §7)")
+            raise DataError(f"{path}: md5 {digest} != expected {HBIRD_MD5[rel]} (datasets.md §7)")
         ids = parse_id_list(data, source=str(path))
         if rel in REFERENCE_ORDER_FILES:
             split = REFERENCE_ORDER_FILES[rel]
@@ -213,12 +217,12 @@ def install_hbird_sets(
             continue
         div = _low_shot_div(rel)
         if verify and len(ids) != LOW_SHOT_SIZES[dataset][div]:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {len(ids)} ids, expected {LOW_SHOT_SIZES[dataset][div]} (datasets.md §7)"
             )
         outside = sorted(set(ids) - canonical[base])
         if outside:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {len(outside)} id(s) not in the {base} split, e.g. {outside[:5]}"
             )
         stem = rel.removeprefix(f"{dataset}/").removesuffix(".txt")
@@ -233,9 +237,10 @@ def _low_shot_div(rel: str) -> int:
     assert m is not None
     dataset, div, split, div2, _seed = m.groups()
     if split != BASE_SPLIT[dataset] or div != div2 or int(div) not in LOW_SHOT_SIZES[dataset]:
-        raise ValueError(
-            f"hbird_sets.files: {rel!r}: expected '{dataset}/1_div_<d>/{BASE_SPLIT[dataset]}_"
-            f"<d>_<seed>.txt' with d in {sorted(LOW_SHOT_SIZES[dataset])}"
+        raise ConfigError(
+            f"datasets.{dataset}.hbird_sets.files: {rel!r}: expected "
+            f"'{dataset}/1_div_<d>/{BASE_SPLIT[dataset]}_<d>_<seed>.txt' with d in "
+            f"{sorted(LOW_SHOT_SIZES[dataset])}"
         )
     return int(div)
 
@@ -245,7 +250,7 @@ def _check_same(
 ) -> None:
     if expected is None or set(ids) != expected:
         n = 0 if expected is None else len(expected)
-        raise ValueError(
+        raise DataError(
             f"{source}: reference-order list does not hold exactly the {n} ids of the "
             f"canonical '{split}' split ({len(ids)} ids)"
         )

@@ -10,10 +10,15 @@ rerun of a prepare stage produces byte-identical files.
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from neco.data.errors import DataError
 
 LABEL_MODES = ("L", "P")
 # Fixed encoder settings: zlib level 6, no optimisation pass, no ancillary chunks.
@@ -31,7 +36,7 @@ def read_label_png(path: Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: naming the file.
-        ValueError: naming the file, for undecodable files and modes other than 'L'/'P'.
+        DataError: naming the file, for undecodable files and modes other than 'L'/'P'.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: mask file not found")
@@ -40,14 +45,14 @@ def read_label_png(path: Path) -> np.ndarray:
             mode = img.mode
             arr = np.array(img) if mode in LABEL_MODES else None
     except Exception as err:  # PIL raises several types for corrupt files
-        raise ValueError(f"{path}: cannot decode mask PNG: {err}") from err
+        raise DataError(f"{path}: cannot decode mask PNG (corrupt or truncated?): {err}") from err
     if arr is None:
-        raise ValueError(
+        raise DataError(
             f"{path}: mask has PIL mode {mode!r}; expected one of {list(LABEL_MODES)} "
             "(single-channel class indices)"
         )
     if arr.dtype != np.uint8 or arr.ndim != 2:
-        raise ValueError(f"{path}: mask decoded to {arr.dtype} {arr.shape}; expected uint8 (H, W)")
+        raise DataError(f"{path}: mask decoded to {arr.dtype} {arr.shape}; expected uint8 (H, W)")
     return arr
 
 
@@ -83,12 +88,12 @@ def check_label_values(
     """Check that every value lies in ``[0, num_classes) ∪ {ignore_index}``.
 
     Raises:
-        ValueError: naming ``source`` and the offending values.
+        DataError: naming ``source`` and the offending values.
     """
     bad = (mask >= num_classes) & (mask != ignore_index)
     if bad.any():
         values = sorted({int(v) for v in np.unique(mask[bad])})
-        raise ValueError(
+        raise DataError(
             f"{source}: label value(s) {values[:10]} outside [0, {num_classes}) "
             f"and not the ignore index {ignore_index}"
         )
@@ -98,7 +103,7 @@ def image_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file, read from its header only.
 
     Raises:
-        FileNotFoundError / ValueError: naming the file.
+        FileNotFoundError / DataError: naming the file.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
@@ -106,5 +111,42 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             w, h = img.size
     except Exception as err:
-        raise ValueError(f"{path}: cannot read image header: {err}") from err
+        raise DataError(f"{path}: cannot read image header: {err}") from err
     return h, w
+
+
+def decode_image(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file after decoding every pixel (``Image.open(path).load()``).
+
+    Prepare stages call this once per image, so a truncated or corrupt file inside a good
+    archive fails the prepare stage (naming it) instead of a data loader much later.
+
+    Raises:
+        FileNotFoundError / DataError: naming the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            img.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ...
+        raise DataError(f"{path}: cannot decode image (corrupt or truncated?): {err}") from err
+    return h, w
+
+
+def decode_images(paths: Sequence[Path], *, workers: int | None = None) -> list[tuple[int, int]]:
+    """:func:`decode_image` of every path, in order, decoded by a thread pool.
+
+    Pillow's decoders release the GIL, so the threads decode in parallel. The error of the
+    first bad file *in ``paths`` order* is raised, so the message does not depend on timing.
+
+    Args:
+        paths: image files.
+        workers: threads; None = ``min(8, os.cpu_count())``.
+    """
+    if len(paths) < 2:
+        return [decode_image(p) for p in paths]
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(decode_image, paths))

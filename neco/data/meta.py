@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neco.data.errors import DataError
 from neco.io import file_digest, write_bytes, write_json
 
 META_FIELDS = (
@@ -58,7 +59,7 @@ def md5_file(path: Path) -> str:
 
 def _check_id(item: str, source: str) -> None:
     if not item or item != item.strip() or any(c in item for c in "\n\r\t "):
-        raise ValueError(f"{source}: invalid id {item!r} (empty or containing whitespace)")
+        raise DataError(f"{source}: invalid id {item!r} (empty or containing whitespace)")
 
 
 def canonical_split_bytes(ids: Iterable[str], *, source: str) -> bytes:
@@ -69,15 +70,15 @@ def canonical_split_bytes(ids: Iterable[str], *, source: str) -> bytes:
         source: what the ids are (used in error messages).
 
     Raises:
-        ValueError: on duplicates, empty input or ids containing whitespace.
+        DataError: on duplicates, empty input or ids containing whitespace.
     """
     items = sorted(ids)
     if not items:
-        raise ValueError(f"{source}: empty split")
+        raise DataError(f"{source}: empty split")
     for i, item in enumerate(items):
         _check_id(item, source)
         if i and items[i - 1] == item:
-            raise ValueError(f"{source}: duplicate id {item!r}")
+            raise DataError(f"{source}: duplicate id {item!r}")
     return ("\n".join(items) + "\n").encode("utf-8")
 
 
@@ -97,25 +98,29 @@ def read_split(path: Path) -> list[str]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: naming the file, if it is empty, lacks the trailing newline, contains CR,
-            blank lines or whitespace, or is not strictly sorted (unsorted or duplicates).
+        DataError: naming the file, if it is empty, lacks the trailing newline, contains CR,
+            blank lines or whitespace, is not UTF-8, or is not strictly sorted (unsorted or
+            duplicates).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split file not found")
     data = path.read_bytes()
     if not data:
-        raise ValueError(f"{path}: empty split file")
+        raise DataError(f"{path}: empty split file")
     if b"\r" in data:
-        raise ValueError(f"{path}: split file must use LF line endings, found CR")
+        raise DataError(f"{path}: split file must use LF line endings, found CR")
     if not data.endswith(b"\n"):
-        raise ValueError(f"{path}: split file must end with a newline")
-    ids = data[:-1].decode("utf-8").split("\n")
+        raise DataError(f"{path}: split file must end with a newline")
+    try:
+        ids = data[:-1].decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: split file is not UTF-8 text: {err}") from err
     for i, item in enumerate(ids):
         if not item or item != item.strip() or " " in item or "\t" in item:
-            raise ValueError(f"{path}: line {i + 1}: invalid id {item!r}")
+            raise DataError(f"{path}: line {i + 1}: invalid id {item!r}")
         if i and ids[i - 1] >= item:
             what = "duplicate" if ids[i - 1] == item else "unsorted"
-            raise ValueError(
+            raise DataError(
                 f"{path}: line {i + 1}: {what} id {item!r} after {ids[i - 1]!r}; "
                 "split files must be sorted in byte order without duplicates"
             )
@@ -131,14 +136,21 @@ def parse_id_list(data: bytes, *, source: str) -> list[str]:
     Args:
         data: raw file bytes.
         source: file name for error messages.
+
+    Raises:
+        DataError: naming ``source``, for non-UTF-8 bytes, duplicates or invalid ids.
     """
-    ids = [line.strip() for line in data.decode("utf-8").splitlines()]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{source}: id list is not UTF-8 text: {err}") from err
+    ids = [line.strip() for line in text.splitlines()]
     ids = [i for i in ids if i]
     seen: set[str] = set()
     for item in ids:
         _check_id(item, source)
         if item in seen:
-            raise ValueError(f"{source}: duplicate id {item!r}")
+            raise DataError(f"{source}: duplicate id {item!r}")
         seen.add(item)
     return ids
 
@@ -183,22 +195,28 @@ def write_meta(path: Path, meta: Mapping[str, Any]) -> None:
     write_json(path, dict(meta))
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Path, *, source: str | None = None) -> dict[str, Any]:
     """Read a ``meta.json`` and check that every §9 field is present.
 
+    Args:
+        path: the metadata file of a prepared tree.
+        source: the dataset source that writes it (for the hint: stage ``prepare@<source>``).
+
     Raises:
-        FileNotFoundError: naming the file.
-        ValueError: naming the file and the missing fields.
+        FileNotFoundError: naming the file and the stage that writes it.
+        DataError: naming the file, for invalid JSON or missing fields.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: meta file not found (run the prepare stage)")
+        stage = f"prepare@{source or '<source>'}"
+        raise FileNotFoundError(f"{path}: meta file not found; run the {stage} stage "
+                                f"(`dvc repro {stage}`)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON: {err}") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: invalid JSON: {err}") from err
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise DataError(f"{path}: expected a JSON object")
     missing = [k for k in META_FIELDS if k not in meta]
     if missing:
-        raise ValueError(f"{path}: missing field(s) {missing}")
+        raise DataError(f"{path}: missing field(s) {missing}")
     return meta

@@ -3,7 +3,8 @@
 Ids come only from ``splits/<split>.txt`` (validated: sorted, unique, LF); images and masks are
 paired by id, never by directory listing. Images are decoded with PIL ``convert('RGB')`` to
 ``uint8 (H, W, 3)`` (ADE20K, COCO and ImageNet contain greyscale and CMYK files); masks with
-``np.array`` for modes 'L'/'P' only, ``uint8 (H, W)`` end to end. Every error names the file.
+``np.array`` for modes 'L'/'P' only, ``uint8 (H, W)`` end to end. Every error names the file:
+a missing one raises ``FileNotFoundError``, a bad one ``neco.data.errors.DataError``.
 
 Both datasets hold only paths and lists, so they pickle cheaply into DataLoader workers.
 """
@@ -17,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from neco.data.errors import DataError
 from neco.data.label_png import check_label_values, image_size, read_label_png
 from neco.data.meta import read_split
 from neco.data.types import SegSample
@@ -52,7 +54,7 @@ def load_rgb(path: Path) -> Image.Image:
 
     Raises:
         FileNotFoundError: naming the file.
-        ValueError: naming the file, when PIL cannot decode it (corrupt or truncated).
+        DataError: naming the file, when PIL cannot decode it (corrupt or truncated).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
@@ -61,7 +63,7 @@ def load_rgb(path: Path) -> Image.Image:
             rgb = img.convert("RGB")
             rgb.load()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ...
-        raise ValueError(f"{path}: cannot decode image: {err}") from err
+        raise DataError(f"{path}: cannot decode image (corrupt or truncated?): {err}") from err
     return rgb
 
 
@@ -167,7 +169,7 @@ class SegmentationDataset:
         mask_path = self.mask_path(index)
         mask = read_label_png(mask_path)
         if mask.shape != image.shape[:2]:
-            raise ValueError(
+            raise DataError(
                 f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from "
                 f"image {self.image_path(index)} size {image.shape[1]}x{image.shape[0]}"
             )

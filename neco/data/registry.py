@@ -26,6 +26,7 @@ from typing import Any
 from neco.config import ConfigError
 from neco.config.validate import validate_params as _validate_params
 from neco.data.class_names import ADE20K_CLASS_NAMES, VOC_CLASS_NAMES
+from neco.data.errors import DataError
 from neco.data.meta import read_meta
 from neco.data.reader import ImageDataset, SegmentationDataset
 
@@ -224,19 +225,19 @@ def load_class_names(spec: DatasetSpec, prepared_root: Path) -> list[str]:
     """Class names of a labelled view, checked against its prepared metadata file.
 
     Raises:
-        ValueError: naming the metadata file when C, the ignore index or the names disagree.
+        DataError: naming the metadata file when C, the ignore index or the names disagree.
     """
     path = Path(prepared_root) / spec.meta_file
-    meta = read_meta(path)
+    meta = read_meta(path, source=spec.source)
     names = list(meta["class_names"])
     if meta["num_classes"] != spec.num_classes or len(names) != spec.num_classes:
-        raise ValueError(f"{path}: num_classes {meta['num_classes']} ({len(names)} names), "
-                         f"registry expects {spec.num_classes} for {spec.name!r}")
+        raise DataError(f"{path}: num_classes {meta['num_classes']} ({len(names)} names), "
+                        f"registry expects {spec.num_classes} for {spec.name!r}")
     if meta["ignore_index"] != spec.ignore_index:
-        raise ValueError(f"{path}: ignore_index {meta['ignore_index']}, registry expects "
-                         f"{spec.ignore_index} for {spec.name!r}")
+        raise DataError(f"{path}: ignore_index {meta['ignore_index']}, registry expects "
+                        f"{spec.ignore_index} for {spec.name!r}")
     if spec.class_names is not None and tuple(names) != spec.class_names:
-        raise ValueError(f"{path}: class_names differ from the registry's for {spec.name!r}")
+        raise DataError(f"{path}: class_names differ from the registry's for {spec.name!r}")
     return names
 
 

@@ -41,24 +41,37 @@ def fetch_sources(
     )
 
 
-def archive_path(arc: ArchiveConfig, raw_dir: Path) -> Path:
+def download_stage(source: str | None) -> str:
+    """``download@<source>``: the DVC stage that writes ``data/raw/<source>``."""
+    return f"download@{source or '<source>'}"
+
+
+def archive_path(arc: ArchiveConfig, raw_dir: Path, *, source: str | None = None) -> Path:
     """The verified archive ``<raw_dir>/<filename>`` written by the download stage.
+
+    Args:
+        arc: the archive's config.
+        raw_dir: the download stage's output.
+        source: the dataset source (names the stage to run in the error message).
 
     Raises:
         FileNotFoundError: naming the file, when it is missing or was never verified.
     """
     path = Path(raw_dir) / arc.filename
+    stage = download_stage(source)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: archive not found; run the download stage first")
+        raise FileNotFoundError(f"{path}: archive not found; run the {stage} stage first "
+                                f"(`dvc repro {stage}`)")
     if read_marker(path) is None:
         raise FileNotFoundError(f"{path}: archive has no valid .verified marker; rerun the "
-                                "download stage to verify it")
+                                f"{stage} stage to verify it (`dvc repro {stage}`)")
     return path
 
 
 @contextlib.contextmanager
 def extract_sources(
-    archives: Mapping[str, ArchiveConfig], raw_dir: Path, *, near: Path
+    archives: Mapping[str, ArchiveConfig], raw_dir: Path, *, near: Path,
+    source: str | None = None,
 ) -> Iterator[dict[str, Path]]:
     """Extract each archive into ``.<near>.extract/<key>``; yield ``{key: folder}``.
 
@@ -70,11 +83,12 @@ def extract_sources(
         archives: archive key -> config.
         raw_dir: the download stage's output.
         near: the prepared tree.
+        source: the dataset source (for error messages).
     """
     from neco.download.extract import extract_archive
 
     near = Path(near)
-    paths = {k: archive_path(a, raw_dir) for k, a in archives.items()}
+    paths = {k: archive_path(a, raw_dir, source=source) for k, a in archives.items()}
     work = near.parent / f".{near.name}.extract"
     roots = {key: extract_archive(path, work / key) for key, path in paths.items()}
     yield roots

@@ -2,7 +2,8 @@
 
 A prepare stage builds its tree in a hidden staging directory next to the destination and
 renames it into place only when everything succeeded, so an interrupted run never leaves a
-half-written prepared tree that looks complete.
+half-written prepared tree that looks complete. A full disk while building it becomes one
+``neco.io.DiskFullError`` naming the destination.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from neco.io import report_disk_full
+
 T = TypeVar("T")
 
 
@@ -26,12 +29,18 @@ def staged_dir(dest: Path) -> Iterator[Path]:
 
     Args:
         dest: final directory. An existing ``dest`` is replaced only after the block succeeds.
+
+    Raises:
+        DiskFullError: a write in the block failed because the file system is full; the staging
+            directory is removed and ``dest`` is left as it was.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    with report_disk_full(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:
-        yield tmp
+        with report_disk_full(dest):
+            yield tmp
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
             os.rename(dest, old / dest.name)

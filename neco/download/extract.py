@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from neco.download.fetch import read_marker
-from neco.io import file_digest
+from neco.io import DiskFullError, file_digest, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,16 @@ def _extract_tar(archive: Path, root: Path) -> None:
             raise ExtractError(f"{archive}: member {m.name!r}{link} refused: {err}") from err
         except (tarfile.TarError, OSError, EOFError, KeyError) as err:
             # KeyError: a hard link whose target is not in the archive
+            _raise_if_disk_full(err, root, archive)
             raise ExtractError(f"{archive}: corrupt tar archive: {err}") from err
+
+
+def _raise_if_disk_full(err: BaseException, root: Path, archive: Path) -> None:
+    """A full disk while extracting is not a corrupt archive: raise DiskFullError instead."""
+    if isinstance(err, DiskFullError):
+        raise err
+    if is_disk_full(err, root):
+        raise DiskFullError(root.parent, f"; extracting {archive.name}") from err
 
 
 def _extract_zip(archive: Path, root: Path) -> None:
@@ -120,6 +129,7 @@ def _extract_zip(archive: Path, root: Path) -> None:
             try:
                 zf.extract(info, root)
             except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+                _raise_if_disk_full(err, root, archive)
                 raise ExtractError(f"{archive}: corrupt member {info.filename!r}: "
                                    f"{err}") from err
 
@@ -178,6 +188,9 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     try:
         (_extract_zip if is_zip else _extract_tar)(archive, tmp)
         _publish(tmp, dest, {"archive": archive.name, "checksum": checksum, "selected": None})
+    except OSError as err:
+        _raise_if_disk_full(err, tmp, archive)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -267,6 +280,9 @@ def extract_selected_inner_tars(archive: Path, dest: Path,
                                f"{[n + '.tar' for n in missing][:10]} ({len(missing)} missing)")
         _publish(tmp, dest, {"archive": archive.name, "checksum": checksum,
                              "selected": wanted, "counts": counts})
+    except OSError as err:
+        _raise_if_disk_full(err, tmp, archive)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -81,7 +81,7 @@ def _open(url: str, offset: int, timeout_s: float) -> Any:
 
 
 def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: int | None,
-             timeout_s: float, progress: bool) -> None:
+             timeout_s: float, progress: bool, name: str | None = None) -> None:
     """Append the body of ``url`` to ``part``, resuming from its length with ``Range``.
 
     A 206 answer is appended (its ``Content-Range`` must start at the current length); a 200
@@ -95,12 +95,14 @@ def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: int | None,
         size: expected total size in bytes, or None.
         timeout_s: socket timeout per connect/read, seconds.
         progress: show a progress bar on stderr.
+        name: label of the progress bar (the final file name); default ``part``'s name.
 
     Raises:
         FatalError: retrying this URL cannot help (4xx, unknown host, HTML page, wrong size);
             a partial HTML page is deleted.
         TransientError: worth retrying (timeouts, resets, 5xx, truncated body); the partial
             file is kept for a later resume.
+        OSError: writing ``part`` failed (e.g. the disk is full); the bytes written are kept.
     """
     offset = part.stat().st_size if part.exists() else 0
     resp = _open(url, offset, timeout_s)
@@ -129,7 +131,7 @@ def transfer(url: str, part: Path, hashers: dict[str, Any], *, size: int | None,
         total = size or (offset + remaining if remaining else None)
         got, first = 0, offset == 0
         with tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                  desc=part.name[: -len(".part")], file=sys.stderr, leave=False,
+                  desc=name or part.name.removesuffix(".part"), file=sys.stderr, leave=False,
                   disable=not progress) as bar:
             with open(part, "ab") as out:
                 while True:

@@ -35,7 +35,9 @@ def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tenso
         FileNotFoundError / ValueError: naming the file and the mismatch.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: cached features not found (run the features stage)")
+        raise FileNotFoundError(
+            f"{path}: cached features not found (written by the features@<dataset> stage)"
+        )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if list(blob["ids"]) != list(ids):
         raise ValueError(
@@ -48,3 +50,13 @@ def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tenso
         )
     tokens: torch.Tensor = blob["tokens"]
     return tokens
+
+
+def load_features_meta(path: Path) -> dict[str, Any]:
+    """The settings and provenance stored next to cached tokens (see :func:`save_features`)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: cached features not found (written by the features@<dataset> stage)"
+        )
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(blob["meta"])

@@ -15,7 +15,7 @@ from neco.config.evals import Autocast, ImageStd
 from neco.data.registry import check_eval_dataset, open_dataset
 from neco.evals.cache import save_features
 from neco.evals.extract import extract_val_features
-from neco.evals.models import eval_device, extractor_for, load_for_eval
+from neco.evals.models import eval_device, extractor_for, load_for_eval, model_provenance
 
 
 def cache_features(
@@ -60,6 +60,8 @@ def cache_features(
             "patch_size": backbone.patch_size,
             "image_std": ImageStd.correct.value,
             "pos_embed_interp": train.pos_embed_interp,
+            "provenance": model_provenance(model, backbone.load_report, train=train, ev=ev,
+                                           models_dir=models_dir),
         }
         save_features(out_dir / f"{model}.pt", tokens=tokens, ids=list(ds.ids), meta=meta)
         seconds = time.perf_counter() - t0

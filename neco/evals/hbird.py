@@ -45,7 +45,7 @@ from neco.evals.results import (
     mean_std,
     settings_dict,
 )
-from neco.evals.transforms import derived_generator, pil_resize_image
+from neco.evals.transforms import check_crop_params, derived_generator, pil_resize_image
 
 Progress = Callable[[Mapping[str, Any]], None]
 
@@ -244,6 +244,7 @@ def hummingbird(
     Returns:
         The :class:`HbirdResult`.
     """
+    check_crop_params("eval.hbird", cfg.crop_scale, cfg.crop_ratio)
     start = time.perf_counter()
     _validate(cfg, extractor.patch_size)
     if (memory_ds.num_classes, memory_ds.ignore_index) != (

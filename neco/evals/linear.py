@@ -48,6 +48,7 @@ from neco.evals.metrics import confusion_matrix, score_confusion
 from neco.evals.results import EpochRecord, Example, LinearResult, settings_dict
 from neco.evals.transforms import (
     as_tensor,
+    check_crop_params,
     derived_generator,
     flip_draw,
     pil_crop_resize,
@@ -188,6 +189,7 @@ def linear_probe(
     Returns:
         The :class:`LinearResult`.
     """
+    check_crop_params("eval.linear", cfg.crop_scale, cfg.crop_ratio)
     start = time.perf_counter()
     num_classes, ignore = val_ds.num_classes, val_ds.ignore_index
     if train_ds.num_classes != num_classes or train_ds.ignore_index != ignore:

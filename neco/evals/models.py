@@ -16,7 +16,9 @@ The returned backbone's ``load_report`` records ``source`` (file path, or
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -118,3 +120,51 @@ def load_for_eval(
         init_dir=init_dir,
         release_revision=ev.release_revision,
     )
+
+
+def _portable(value: Any) -> Any:
+    """A load-report value that does not depend on where the workspace lives.
+
+    Absolute paths inside the current directory (the DVC workspace) become relative; other
+    absolute paths (a download or HF cache) keep their last two components. The sha256 is
+    what identifies the weights; the path is a hint. Metrics files stay byte-identical across
+    clones and machines.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    path, cwd = Path(value), Path.cwd().resolve()
+    try:
+        return path.resolve().relative_to(cwd).as_posix()
+    except ValueError:
+        return "…/" + "/".join(path.parts[-2:])
+
+
+def model_provenance(
+    model: str,
+    load_report: dict[str, Any],
+    *,
+    train: TrainConfig,
+    ev: EvalConfig,
+    models_dir: Path,
+) -> dict[str, Any]:
+    """What every metrics file records about an eval model (evaluation.md §1.2, §1.7).
+
+    The backbone variant, ``pos_embed_interp``, the weights actually read (``source``,
+    ``sha256``, ``key_map`` and, for a release, its HF file and revision: the load report) and,
+    for a ``neco`` model trained by this pipeline, the training settings that produced it (the
+    train stage's ``resolved_config.json``: resolved recipe values, their origins and the
+    training fingerprint). ``eval.checkpoint`` models record the checkpoint instead.
+    """
+    training: dict[str, Any] | None = None
+    if model == "neco" and ev.checkpoint is None:
+        resolved = models_dir / "resolved_config.json"
+        if resolved.is_file():
+            training = json.loads(resolved.read_text(encoding="utf-8"))
+    return {
+        "backbone": train.backbone,
+        "pos_embed_interp": train.pos_embed_interp,
+        "weights": {k: _portable(load_report[k]) for k in sorted(load_report)},
+        "checkpoint": ev.checkpoint if model == "neco" else None,
+        "checkpoint_key": ev.checkpoint_key if model == "neco" and ev.checkpoint else None,
+        "training": training,
+    }

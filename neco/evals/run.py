@@ -13,7 +13,7 @@ from typing import Any
 
 from neco.config import ConfigError, EvalConfig, RuntimeConfig, TrainConfig
 from neco.data.registry import check_eval_dataset, open_dataset
-from neco.evals.cache import load_features
+from neco.evals.cache import load_features, load_features_meta
 from neco.evals.inputs import draw_figure, hbird_subsets
 from neco.evals.models import eval_device, extractor_for, load_for_eval
 from neco.evals.protocols import PROTOCOLS
@@ -105,6 +105,8 @@ def evaluate(
         print(f"[eval] {protocol}/{dataset}/{model}: mIoU {headline} ({seconds:.1f} s)")
 
     records, timed = split_timings({m: r.to_dict() for m, r in results.items()})
+    for m in records:  # weights sha256, pos_embed_interp, variant, training settings (§1.2)
+        records[m]["provenance"] = load_features_meta(features_dir / f"{m}.pt").get("provenance")
     payload = {
         "protocol": protocol,
         "dataset": dataset,

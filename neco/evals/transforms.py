@@ -131,6 +131,31 @@ def on_generator(generator: torch.Generator) -> Iterator[None]:
         generator.set_state(torch.random.get_rng_state())
 
 
+def check_crop_params(key: str, scale: Sequence[float], ratio: Sequence[float]) -> None:
+    """Check a protocol's ``RandomResizedCrop`` ranges before any work is done.
+
+    ``scale`` (area fraction; may exceed 1, Hummingbird uses ``[0.5, 2.0]``) and ``ratio``
+    (aspect w / h, sampled log-uniformly) must be ``[lo, hi]`` with finite ``0 < lo <= hi``;
+    otherwise torchvision fails later with a bare "math domain error".
+
+    Args:
+        key: params key of the protocol section, e.g. ``eval.linear`` or ``eval.hbird``.
+        scale: its ``crop_scale``.
+        ratio: its ``crop_ratio``.
+
+    Raises:
+        ConfigError: naming ``<key>.crop_scale`` / ``<key>.crop_ratio``, the value and the range.
+    """
+    from neco.config import ConfigError
+
+    for name, pair in (("crop_scale", scale), ("crop_ratio", ratio)):
+        values = list(pair)
+        finite = all(isinstance(v, (int, float)) and np.isfinite(v) for v in values)
+        if len(values) != 2 or not finite or not 0 < values[0] <= values[1]:
+            raise ConfigError(f"{key}.{name}={values}: expected [lo, hi] with finite "
+                              "0 < lo <= hi")
+
+
 def random_resized_crop_params(
     height: int,
     width: int,

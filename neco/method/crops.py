@@ -39,31 +39,36 @@ class CropSamplingError(RuntimeError):
 
 
 def validate_crop_config(cfg: CropConfig) -> None:
-    """Raise ``ValueError`` naming the ``crops.<key>`` that is out of range."""
+    """Raise ``ConfigError`` (a ``ValueError``) naming the ``crops.<key>`` that is out of range."""
+    from neco.config import ConfigError  # the loader's error type: one line at the stage entry
 
     def _range(key: str, pair: list[float], low: float, high: float) -> None:
-        if len(pair) != 2 or not (low < pair[0] <= pair[1] <= high):
-            raise ValueError(
+        ok = len(pair) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                    for v in pair)
+        if not ok or not (low < pair[0] <= pair[1] <= high):
+            raise ConfigError(
                 f"crops.{key}={list(pair)}: expected [lo, hi] with {low} < lo <= hi <= {high}"
             )
 
     if cfg.num_global < 1:
-        raise ValueError(f"crops.num_global={cfg.num_global}: expected >= 1")
+        raise ConfigError(f"crops.num_global={cfg.num_global}: expected >= 1")
     if cfg.num_local < 0:
-        raise ValueError(f"crops.num_local={cfg.num_local}: expected >= 0")
+        raise ConfigError(f"crops.num_local={cfg.num_local}: expected >= 0")
     _range("global_scale", cfg.global_scale, 0.0, 1.0)
     _range("local_scale", cfg.local_scale, 0.0, 1.0)
     _range("ratio", cfg.ratio, 0.0, math.inf)
     if not 0.0 <= cfg.min_intersection < 1.0:
-        raise ValueError(f"crops.min_intersection={cfg.min_intersection}: expected in [0, 1)")
-    if cfg.second_global_factor <= 0.0:
-        raise ValueError(f"crops.second_global_factor={cfg.second_global_factor}: expected > 0")
+        raise ConfigError(f"crops.min_intersection={cfg.min_intersection}: expected in [0, 1)")
+    if not 0.0 < cfg.second_global_factor < math.inf:
+        raise ConfigError(
+            f"crops.second_global_factor={cfg.second_global_factor}: expected a finite value > 0"
+        )
     if cfg.max_retries < 0:
-        raise ValueError(f"crops.max_retries={cfg.max_retries}: expected >= 0")
+        raise ConfigError(f"crops.max_retries={cfg.max_retries}: expected >= 0")
     for key in ("global_size", "local_size"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
-            raise ValueError(f"crops.{key}={value}: expected a positive int or null")
+            raise ConfigError(f"crops.{key}={value}: expected a positive int or null")
 
 
 def crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -10,53 +10,108 @@ Paper: https://arxiv.org/abs/2408.11054 (official code: https://github.com/vpari
 Randomness: every function takes an explicit CPU ``torch.Generator``; indices are drawn on the
 CPU and moved to the data's device, so results do not depend on the accelerator.
 
-Multi-device: the queue is **per device** (each DDP rank pushes and samples its own banks; no
-gather). The official code's multi-device semantics are unverified (§16 #23); this is the
-project's documented behaviour, not a claim about the paper runs.
+Multi-device: the queue is **per device**, as in the official code: each DDP rank holds
+``queue_length // world_size`` rows per bank (official: ``// gpus`` of one node; here world =
+devices x nodes, §16 #23), pushes its own teacher
+patches and samples its own banks with its own reference generator (no gather). The queue is kept
+out of DDP's buffer broadcast (see :class:`ReferenceQueue`). Whether the paper runs used more than
+one device is unverified (§16 #23).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 __all__ = ["ReferenceQueue", "inbatch_references", "select_push_tokens"]
 
 
-class ReferenceQueue(nn.Module):
+class ReferenceQueue:
     """FIFO ring buffers of teacher patch embeddings, one bank per assigned global crop.
 
     Project D2 (§16 #4): each bank has its **own fill counter** (the official code shares one
     counter across banks and increments it twice per step, so early steps sample zero slots).
-    Banks, write pointers and fill counters are persistent buffers, so they are saved in the
-    ``state_dict`` and a resumed run continues the same queue.
+
+    Deliberately **not** an ``nn.Module`` and its tensors are not buffers: DDP broadcasts every
+    buffer of the wrapped module from rank 0 before each forward (``broadcast_buffers=True``),
+    which would overwrite the other ranks' banks with rank 0's every step. The owner
+    (``neco.train.module.NeCoModule``) moves the queue to its device and saves/restores
+    :meth:`state_dict` per rank in the Lightning checkpoint, so a resumed run continues the same
+    queue on every rank.
 
     Args:
         num_banks: number of banks (``len(crops_for_assign)``, 2 officially).
-        queue_length: slots per bank (official 8192).
+        queue_length: slots per bank on this device (official 8192 // number of devices).
         dim: embedding dimension d (official 256).
+        device: where the tensors live (default CPU).
 
-    Buffers:
+    Attributes:
         banks: ``(num_banks, queue_length, dim)`` float32 embeddings (zeros until filled).
         ptr: ``(num_banks,)`` int64 next write slot per bank.
         filled: ``(num_banks,)`` int64 number of valid slots per bank (``<= queue_length``).
     """
 
-    banks: torch.Tensor
-    ptr: torch.Tensor
-    filled: torch.Tensor
+    STATE_KEYS = ("banks", "ptr", "filled")
 
-    def __init__(self, *, num_banks: int, queue_length: int, dim: int) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        num_banks: int,
+        queue_length: int,
+        dim: int,
+        device: torch.device | str | None = None,
+    ) -> None:
         if num_banks < 1 or queue_length < 1 or dim < 1:
             raise ValueError(
                 f"ReferenceQueue: num_banks={num_banks}, queue_length={queue_length} "
-                f"(train.loss.queue_length), dim={dim}: all must be >= 1"
+                f"(train.loss.queue_length per device), dim={dim}: all must be >= 1"
             )
         self.num_banks, self.queue_length, self.dim = num_banks, queue_length, dim
-        self.register_buffer("banks", torch.zeros(num_banks, queue_length, dim), persistent=True)
-        self.register_buffer("ptr", torch.zeros(num_banks, dtype=torch.long), persistent=True)
-        self.register_buffer("filled", torch.zeros(num_banks, dtype=torch.long), persistent=True)
+        self.banks = torch.zeros(num_banks, queue_length, dim, device=device)
+        self.ptr = torch.zeros(num_banks, dtype=torch.long, device=device)
+        self.filled = torch.zeros(num_banks, dtype=torch.long, device=device)
+
+    def __repr__(self) -> str:
+        return (
+            f"ReferenceQueue(num_banks={self.num_banks}, queue_length={self.queue_length}, "
+            f"dim={self.dim}, filled={self.filled.tolist()}, device={self.device})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.banks.device
+
+    def to(self, device: torch.device | str) -> ReferenceQueue:
+        """Move the tensors to ``device`` (in place; returns ``self`` like ``nn.Module.to``)."""
+        self.banks = self.banks.to(device)
+        self.ptr = self.ptr.to(device)
+        self.filled = self.filled.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"banks", "ptr", "filled"}`` (detached copies, on the queue's device)."""
+        return {k: getattr(self, k).detach().clone() for k in self.STATE_KEYS}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` output (strict: same keys, shapes and dtypes).
+
+        Raises:
+            KeyError: keys missing or unexpected.
+            ValueError: a shape or dtype differs (e.g. another ``queue_length`` per device).
+        """
+        if set(state) != set(self.STATE_KEYS):
+            raise KeyError(
+                f"ReferenceQueue.load_state_dict: expected keys {sorted(self.STATE_KEYS)}, "
+                f"got {sorted(state)}"
+            )
+        for key in self.STATE_KEYS:
+            mine, theirs = getattr(self, key), state[key]
+            if theirs.shape != mine.shape or theirs.dtype != mine.dtype:
+                raise ValueError(
+                    f"ReferenceQueue.load_state_dict: {key} is {tuple(theirs.shape)} "
+                    f"{theirs.dtype}, this queue has {tuple(mine.shape)} {mine.dtype}"
+                )
+        for key in self.STATE_KEYS:
+            getattr(self, key).copy_(state[key])
 
     def _check_bank(self, bank: int) -> None:
         if not 0 <= bank < self.num_banks:

@@ -9,6 +9,8 @@ published checkpoint layout strictly onto timm keys and reads files without runn
 ``VisionTransformer`` (a subclass overriding only ``_pos_embed`` with that rule) and the
 ``Backbone`` wrapper that returns its final-norm patch tokens;
 ``export.py`` writes and reads the self-describing safetensors export; ``fetch.py`` and
-``init_weights.py`` resolve and download a backbone's initial weights. Imports ``neco.config``,
-``neco.io`` and ``neco.download``; never the method, training or evaluation packages.
+``init_weights.py`` resolve and download a backbone's initial weights; ``release.py`` names the
+released NeCo checkpoints (HF ``FunAILab/NeCo``) and fetches them through ``huggingface_hub``.
+Imports ``neco.config``, ``neco.io`` and ``neco.download``; never the method, training or
+evaluation packages.
 """

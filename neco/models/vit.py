@@ -129,7 +129,8 @@ class Backbone(nn.Module):
         num_prefix_tokens: 1 + registers (CLS and register tokens, dropped from the output).
         native_grid: ``(M0, M1)`` token grid of the native input size.
         pos_embed_interp: resampling rule for non-native grids (lives on ``vit``).
-        load_report: where the weights came from.
+        load_report: where the weights came from: ``source``, ``sha256`` of the file read
+            (``None`` for random init), ``key_map`` and the mapping details.
     """
 
     def __init__(
@@ -373,7 +374,18 @@ def load_neco_checkpoint(
         pos_embed_interp=pos_embed_interp,
         seed=0,
     )
-    backbone.load_report = load_weights_file(backbone, Path(path), release=which)
+    path = Path(path)
+    for network, suffix in (("student", "_model.ckpt"), ("teacher", "_teacher.ckpt")):
+        if network != which and path.name.endswith(suffix):
+            _log.warning(
+                "%s is a released %s file but eval.checkpoint_key is %r: the file decides, "
+                "its %s weights are loaded",
+                path,
+                network,
+                which,
+                network,
+            )
+    backbone.load_report = load_weights_file(backbone, path, release=which)
     return backbone
 
 

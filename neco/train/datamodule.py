@@ -89,6 +89,9 @@ class NeCoDataModule(pl.LightningDataModule):
         params: photometric strengths.
         seed: sampler and photometric seed.
         num_workers: DataLoader workers (results do not depend on it).
+        world_size: training processes, ``train.devices x train.num_nodes``: checked here
+            (the batch must split evenly) and against the Trainer's ``world_size``; None = take
+            the Trainer's.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class NeCoDataModule(pl.LightningDataModule):
         params: PhotometricParams,
         seed: int,
         num_workers: int,
+        world_size: int | None = None,
     ) -> None:
         super().__init__()
         self.images = images
@@ -108,12 +112,16 @@ class NeCoDataModule(pl.LightningDataModule):
         self.params = params
         self.seed = seed
         self.num_workers = num_workers
+        self.world_size = world_size
+        if world_size is not None:
+            self.per_device_batch(world_size)  # fail before launching processes
 
     def steps_per_epoch(self) -> int:
         """Optimiser steps per epoch with ``drop_last`` (``num_samples // global batch``).
 
-        The same on any number of devices: each of w ranks gets ``num_samples // w`` samples
-        (``DistributedSampler(drop_last=True)``) in batches of ``global batch / w``.
+        The same on any number of processes w = devices x nodes: each rank gets
+        ``num_samples // w`` samples (``DistributedSampler(drop_last=True)``) in batches of
+        ``global batch / w``, and ``(N // w) // (B / w) == N // B`` for integer ``B / w``.
         """
         steps = len(self.images) // self.global_batch_size
         if steps == 0:
@@ -127,15 +135,20 @@ class NeCoDataModule(pl.LightningDataModule):
         if self.global_batch_size % world_size:
             raise ValueError(
                 f"train.batch_size={self.global_batch_size} is not divisible by "
-                f"{world_size} devices"
+                f"{world_size} devices (train.devices x train.num_nodes processes)"
             )
         return self.global_batch_size // world_size
 
     def train_dataloader(self) -> DataLoader[Any]:
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
-        world = trainer.world_size if trainer is not None else 1
+        world = trainer.world_size if trainer is not None else (self.world_size or 1)
         rank = trainer.global_rank if trainer is not None else 0
+        if self.world_size is not None and world != self.world_size:
+            raise ValueError(
+                f"NeCoDataModule was built for {self.world_size} processes (train.devices x "
+                f"train.num_nodes) but the Trainer runs {world}"
+            )
         ds = MultiCropDataset(
             self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
         )

@@ -13,6 +13,13 @@ Per step (method.md §5-§11), with t = optimiser step and T = total steps:
 3. teacher forward of the global crops under ``no_grad`` (D2), student forward of all crops,
    crops of equal size batched together;
 4. loss from maps and crop-overlap boxes (divided by the patch size: token units).
+
+Multi-device (DDP, ``world_size = train.devices x train.num_nodes`` processes): every rank keeps
+its **own** reference queue of ``queue_length // world_size`` rows per bank (official
+``queue_length // gpus``) and its own reference generator (:func:`reference_seed`; rank 0's is the
+single-process stream, so 1-process runs are unchanged). The queue is not a buffer, so DDP's
+per-forward buffer broadcast from rank 0 does not overwrite it; the checkpoint holds every rank's
+queue and generator state (gathered to rank 0, restored by rank), so a resume is exact.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from neco.config import EmaTiming, TeacherHeadInit, TrainConfig
@@ -38,13 +46,33 @@ from neco.models.vit import Backbone, build_backbone
 
 
 def effective_loss_config(loss: LossConfig, resolved: dict[str, Any]) -> LossConfig:
-    """The loss settings with the recipe-resolved queue values filled in."""
+    """The loss settings with the recipe-resolved queue values filled in.
+
+    ``queue_length`` stays the configured total; each of ``world_size`` devices holds
+    ``queue_length // world_size`` rows per bank (:func:`queue_length_per_device`).
+    """
     return dataclasses.replace(
         loss,
         queue=bool(resolved["queue"]),
         queue_length=int(resolved["queue_length"]),
         queue_push_per_image=int(resolved["queue_push_per_image"]),
     )
+
+
+def queue_length_per_device(queue_length: int, world_size: int) -> int:
+    """Rows per queue bank on each device: ``queue_length // world_size`` (official)."""
+    return int(queue_length) // max(1, int(world_size))
+
+
+def reference_seed(seed: int, rank: int) -> int:
+    """Seed of the reference generator (queue push/sample, in-batch references) of one rank.
+
+    Rank 0 keeps the single-process stream ``seed + 1``, so a 1-process run draws exactly what
+    it always did; every other rank gets an independent stream from ``(seed + 1, rank)``.
+    """
+    if rank == 0:
+        return seed + 1
+    return int(np.random.SeedSequence([seed + 1, rank]).generate_state(1)[0])
 
 
 class NeCoModule(pl.LightningModule):
@@ -54,7 +82,9 @@ class NeCoModule(pl.LightningModule):
         train: the ``train`` section.
         resolved: recipe-resolved values (``neco.models.recipes.resolve_recipe(...)["values"]``).
         seed: seed of the head initialisation and of the reference sampling.
-        devices: number of devices (the per-device batch is ``batch_size / devices``).
+        world_size: number of training processes, ``train.devices x train.num_nodes`` (the
+            per-device batch is ``batch_size / world_size``, the per-device queue
+            ``queue_length // world_size``); ``setup`` checks it against the Trainer's.
         init_weights: the ``weights`` stage's initial backbone (exported safetensors); None =
             resolve ``train.weights`` / the official source here.
     """
@@ -65,15 +95,30 @@ class NeCoModule(pl.LightningModule):
         train: TrainConfig,
         resolved: dict[str, Any],
         seed: int,
-        devices: int,
+        world_size: int,
         init_weights: Path | None = None,
     ) -> None:
         super().__init__()
         self.cfg = train
         self.resolved = dict(resolved)
         self.seed = seed
+        self.world_size = max(1, int(world_size))
         self.loss_cfg = effective_loss_config(train.loss, resolved)
-        validate_loss_config(self.loss_cfg, int(resolved["batch_size"]) // max(1, devices))
+        per_device_batch = int(resolved["batch_size"]) // self.world_size
+        validate_loss_config(self.loss_cfg, per_device_batch)
+        self.queue_length_per_device: int | None = None
+        if self.loss_cfg.queue:
+            assert self.loss_cfg.queue_length is not None  # validate_loss_config checked it
+            per_device = queue_length_per_device(self.loss_cfg.queue_length, self.world_size)
+            if per_device_batch * self.loss_cfg.n_refs > per_device:
+                raise ValueError(
+                    f"train.loss.queue_length = {self.loss_cfg.queue_length} over "
+                    f"{self.world_size} processes (train.devices x train.num_nodes) leaves "
+                    f"{per_device} rows per device, fewer than the per-device batch "
+                    f"{per_device_batch} x train.loss.n_refs {self.loss_cfg.n_refs} = "
+                    f"{per_device_batch * self.loss_cfg.n_refs} references; raise queue_length"
+                )
+            self.queue_length_per_device = per_device
 
         student = build_backbone(
             train.backbone,
@@ -107,16 +152,17 @@ class NeCoModule(pl.LightningModule):
         self.teacher = nn.ModuleDict({"backbone": teacher, "head": t_head})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        # A plain attribute, not a submodule: outside state_dict() and DDP's buffer broadcast.
         self.queue: ReferenceQueue | None = None
-        if self.loss_cfg.queue:
-            # effective_loss_config filled it in from the recipe; validate_loss_config checked it
-            assert self.loss_cfg.queue_length is not None
+        if self.queue_length_per_device is not None:
             self.queue = ReferenceQueue(
                 num_banks=len(self.loss_cfg.crops_for_assign),
-                queue_length=self.loss_cfg.queue_length,
+                queue_length=self.queue_length_per_device,
                 dim=head.out_dim,
             )
-        self.generator = torch.Generator().manual_seed(seed + 1)
+        # rank 0's stream; other ranks reseed in setup() once their rank is known
+        self.generator = torch.Generator().manual_seed(reference_seed(seed, 0))
+        self._reference_rank = 0
         self.total_steps = 1
         self.loss_history: list[float] = []
         self._epoch_losses: list[float] = []
@@ -169,6 +215,24 @@ class NeCoModule(pl.LightningModule):
         return lrs
 
     # ---- Lightning hooks ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Check the process count and give this rank its own reference generator."""
+        world = int(self.trainer.world_size)
+        if world != self.world_size:
+            raise ValueError(
+                f"NeCoModule was built for {self.world_size} processes (train.devices x "
+                f"train.num_nodes) but the Trainer runs {world}; the per-device batch and queue "
+                "would be wrong"
+            )
+        rank = int(self.global_rank)
+        if rank != self._reference_rank:
+            self.generator.manual_seed(reference_seed(self.seed, rank))
+            self._reference_rank = rank
+
+    def on_fit_start(self) -> None:
+        if self.queue is not None:
+            self.queue.to(self.device)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = param_groups(
             self.student["backbone"],
@@ -272,14 +336,42 @@ class NeCoModule(pl.LightningModule):
             self.log("train/epoch_loss", mean, on_step=False, on_epoch=True, sync_dist=True)
         self._epoch_losses = []
 
+    def _gather_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(world_size, *tensor.shape)`` CPU copy: every rank's ``tensor``, in rank order.
+
+        A collective under DDP: Lightning builds a checkpoint (``dump_checkpoint``) on every
+        rank, and only rank 0 writes it.
+        """
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered = self.all_gather(tensor.to(self.device))
+            assert isinstance(gathered, torch.Tensor)
+            return gathered.detach().cpu().reshape(self.world_size, *tensor.shape)
+        return tensor.detach().cpu().clone().unsqueeze(0)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["neco_generator_state"] = self.generator.get_state()
+        """Per-rank state that is not in ``state_dict``: reference generator and queue."""
+        checkpoint["neco_world_size"] = self.world_size
+        checkpoint["neco_generator_states"] = self._gather_ranks(self.generator.get_state())
+        if self.queue is not None:
+            checkpoint["neco_queue"] = {
+                k: self._gather_ranks(v) for k, v in self.queue.state_dict().items()
+            }
         checkpoint["neco_loss_history"] = list(self.loss_history)
         checkpoint["neco_epoch_mean_loss"] = [self.first_epoch_mean_loss, self.last_epoch_mean_loss]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "neco_generator_state" in checkpoint:
-            self.generator.set_state(checkpoint["neco_generator_state"].cpu())
+        """Restore this rank's generator and queue from :meth:`on_save_checkpoint`'s entries."""
+        world = checkpoint.get("neco_world_size")
+        if world != self.world_size:
+            raise ValueError(
+                f"checkpoint was written by {world} processes, this run has {self.world_size} "
+                "(train.devices x train.num_nodes): its per-rank queues cannot be restored"
+            )
+        rank = int(self.global_rank)
+        self.generator.set_state(checkpoint["neco_generator_states"][rank].cpu().contiguous())
+        self._reference_rank = rank
+        if self.queue is not None:
+            self.queue.load_state_dict({k: v[rank] for k, v in checkpoint["neco_queue"].items()})
         self.loss_history = list(checkpoint.get("neco_loss_history", []))
         first, last = checkpoint.get("neco_epoch_mean_loss", [None, None])
         self.first_epoch_mean_loss, self.last_epoch_mean_loss = first, last

@@ -1,19 +1,33 @@
 """NeCo post-pretraining run: resolve the recipe, build the module, fit, export.
 
-``run_training`` is what ``stages/train.py`` calls. The same call runs on 1 CPU, 1 GPU or N GPUs
-(DDP): hardware is params (``train.accelerator``, ``train.devices``, ``train.strategy``,
-``train.precision``); Lightning relaunches ``python -m stages.train`` once per rank, and only
-rank 0 writes (STYLE P9, P12).
+``run_training`` is what ``stages/train.py`` calls. The same call runs on 1 CPU, 1 GPU, N GPUs
+or N nodes (DDP): hardware is params (``train.accelerator``, ``train.devices``,
+``train.num_nodes``, ``train.strategy``, ``train.precision``); world size = devices x num_nodes.
+On one node Lightning relaunches ``python -m stages.train`` once per device; on several, ``srun``
+or ``torchrun`` start every process (``stages/train.py``) and Lightning detects the cluster
+environment. Only global rank 0 writes (STYLE P9, P12), and it is known only once the processes
+are launched, so every write that precedes training happens in :class:`_RunGuard`'s ``setup``.
 
-Resuming: a full checkpoint (``last.ckpt``: student, teacher, queue, optimiser, reference RNG)
-is saved at the end of every ``runtime.train.checkpoint_every_n_epochs`` epochs into the persistent
-checkpoint directory, together with a fingerprint of the resolved configuration. Epoch
-boundaries make the resume exact: the sampler and the photometric RNG are functions of (seed,
-epoch, index), and the global torch RNG (drop-path) is reseeded from (seed, step, rank) before
-every step. A rerun of an *interrupted* run with the same configuration resumes from
-``last.ckpt``; when a run completes, its final state is saved as ``final.ckpt`` (kept, never
-resumed from) and ``last.ckpt`` is removed, so a rerun caused by a code change trains from
-scratch, and a changed configuration (``max_steps`` included) never resumes.
+Resuming: a full checkpoint (``last.ckpt``: student, teacher, optimiser, every rank's queue and
+reference RNG) is saved at the end of every ``runtime.train.checkpoint_every_n_epochs`` epochs
+into the persistent checkpoint directory, atomically (``neco.train.resume``). It carries a resume
+key: the fingerprint of the resolved configuration plus the content digests of the init
+weights, the crop manifest and the training images. Epoch boundaries make the resume exact: the
+sampler and the photometric RNG are functions of (seed, epoch, index), and the global torch RNG
+(drop-path) is reseeded from (seed, step, rank) before every step. A rerun of an *interrupted*
+run with the same key resumes from ``last.ckpt`` (verified first; an unreadable one is moved
+aside); when a run completes, its final state is saved as ``final.ckpt`` (kept, never resumed
+from) and ``last.ckpt`` is removed, so a rerun caused by a code change trains from scratch, and a
+changed configuration (``max_steps`` included) or changed inputs never resume.
+
+Interruptions: SIGTERM (``timeout``, SLURM preemption, ``docker stop``) and SIGINT (Ctrl+C; a
+second one aborts at once) stop training after the current step through Lightning's own SIGTERM
+handling (``Trainer.received_sigterm`` -> ``SIGTERMException``). Nothing that looks complete is
+written: the stale outputs of an earlier attempt are removed at the start, and the exports are
+written only after training completed. :class:`TrainingInterrupted` reaches the stage, which
+prints one line and exits ``128 + signal`` (143 for SIGTERM, 130 for SIGINT); ``last.ckpt`` holds
+the last checkpointed epoch end and a rerun resumes from it. SIGKILL runs no handler; the atomic
+checkpoint writes still leave either the previous or the new ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -21,15 +35,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from neco.config import RuntimeConfig, TrainConfig, to_plain
+from neco.config import ConfigError, RuntimeConfig, TrainConfig, to_plain
 from neco.config.method import CropConfig
 from neco.io import is_rank_zero, write_json
 from neco.method.augment import PhotometricParams
@@ -37,6 +55,19 @@ from neco.models.export import export_backbone
 from neco.models.recipes import resolve_train_config
 from neco.train.datamodule import NeCoDataModule
 from neco.train.module import NeCoModule
+from neco.train.resume import (
+    FINAL,
+    LAST,
+    RESUME_KEY,
+    AtomicCheckpointIO,
+    ResumeDecision,
+    apply_decision,
+    checkpoint_problem,
+    decide_resume,
+    input_digests,
+    resume_key,
+    truncate_step_plots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +76,154 @@ def config_fingerprint(obj: Any) -> str:
     """Short stable hash of a JSON-able configuration."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: outputs that only a completed run writes (removed when a run starts)
+COMPLETE_OUTPUTS = ("student_backbone.safetensors", "resolved_config.json")
+SUMMARY = "summary.json"
+
+
+class TrainingInterrupted(Exception):
+    """Training was stopped by a signal before it completed; no complete output was written.
+
+    Attributes:
+        signum: the signal (SIGTERM or SIGINT).
+        exit_code: ``128 + signum``, what a shell reports for a process ended by that signal.
+        report: whether this process prints the message (global rank 0).
+    """
+
+    def __init__(self, signum: int, message: str, *, report: bool) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        self.report = report
+
+
+def _interrupted(signum: int, checkpoint_dir: Path, report: bool) -> TrainingInterrupted:
+    name = signal.Signals(signum).name
+    ckpt = checkpoint_dir / LAST
+    problem, meta = checkpoint_problem(ckpt) if report and ckpt.is_file() else ("absent", {})
+    if problem is None:
+        where = (
+            f"{ckpt} holds the state after optimiser step {meta['global_step']} (an epoch end); "
+            "rerun the same command (or `dvc repro train`) to resume from it"
+        )
+    else:
+        where = (
+            "no resumable checkpoint yet (stopped before the first checkpointed epoch end); "
+            "a rerun starts from scratch"
+        )
+    return TrainingInterrupted(signum, f"training interrupted by {name}: {where}", report=report)
+
+
+class _RunGuard(Callback):
+    """Resume bookkeeping and graceful interruption, inside the launched processes.
+
+    * ``setup`` (every rank, after the process group exists, before the checkpoint is
+      restored): checks that every rank took the same resume decision, then global rank 0 acts
+      on it (:func:`neco.train.resume.apply_decision`), trims the dvclive curves of a resumed
+      run to the checkpoint's step and exports the initial backbone when there is no ``--init``.
+    * ``on_save_checkpoint``: stores the resume key in every checkpoint.
+    * ``on_train_start`` .. end: SIGINT is turned into Lightning's graceful SIGTERM stop (the
+      first Ctrl+C finishes the step and leaves ``last.ckpt``; a second one aborts at once).
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint_dir: Path,
+        key: str,
+        decision: ResumeDecision,
+        live_dir: Path,
+        init_export: Path | None,
+    ) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.key = key
+        self.decision = decision
+        self.live_dir = live_dir
+        self.init_export = init_export
+        self.signum: int | None = None
+        self._previous_sigint: Any = None
+        self._sigint_installed = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        mine = (self.key, self.decision.as_tuple())
+        theirs = trainer.strategy.broadcast(mine, src=0)
+        if theirs != mine:
+            raise RuntimeError(
+                f"rank {trainer.global_rank} disagrees with rank 0 about resuming: {mine} vs "
+                f"{theirs}; do all ranks see the same files (shared file system)?"
+            )
+        if trainer.is_global_zero:
+            apply_decision(self.decision, self.checkpoint_dir, self.key)
+            if self.decision.step is not None:
+                truncate_step_plots(self.live_dir, self.decision.step)
+            if self.init_export is not None:
+                assert isinstance(pl_module, NeCoModule)
+                self.init_export.parent.mkdir(parents=True, exist_ok=True)
+                export_backbone(pl_module.student_backbone, self.init_export)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RESUME_KEY] = self.key
+
+    # Lightning registers its SIGTERM handler just before the fit loop runs (after on_fit_start)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._sigint_installed = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.restore_signals()
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # the second Ctrl+C: abort now (checkpoints are atomic)
+            self.restore_signals()
+            raise KeyboardInterrupt
+        self.signum = signal.SIGINT
+        log.warning("SIGINT: stopping after this step (press Ctrl+C again to abort at once)")
+        signal.raise_signal(signal.SIGTERM)  # Lightning's graceful stop, also on the other ranks
+
+    def restore_signals(self) -> None:
+        if self._sigint_installed:
+            signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+            self._sigint_installed = False
+
+
+def cluster_plugins() -> list[Any]:
+    """Lightning plugins for the cluster this process runs on.
+
+    Under SLURM (detected by Lightning: ``srun`` tasks, ``SLURM_NTASKS`` ...) the environment is
+    Lightning's ``SLURMEnvironment`` with ``auto_requeue=False``: Lightning's auto-requeue
+    saves an ``hpc_ckpt_*.ckpt`` in the middle of an epoch on SIGUSR1 and prefers it to any
+    ``ckpt_path`` on the next start, and a mid-epoch state does not resume exactly. Preempted or
+    timed-out jobs stop on SIGTERM like everywhere else; requeue them with ``sbatch --requeue``
+    (or resubmit) and they resume from ``last.ckpt``.
+    """
+    from lightning_fabric.plugins.environments.slurm import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
+
+
+def _check_hardware(train: TrainConfig) -> int:
+    """World size ``devices x num_nodes`` (both >= 1)."""
+    for key, value in (("devices", train.devices), ("num_nodes", train.num_nodes)):
+        if value < 1:
+            raise ConfigError(f"train.{key} = {value}: expected an integer >= 1")
+    return train.devices * train.num_nodes
+
+
+def _remove_stale_outputs(out_dir: Path, live_dir: Path, timings_path: Path | None) -> None:
+    """Remove what only a completed run writes, left by an earlier (unfinished) attempt, so an
+    interrupted run never leaves outputs that look complete."""
+    stale = [out_dir / name for name in COMPLETE_OUTPUTS] + [live_dir / SUMMARY]
+    for path in stale + ([timings_path] if timings_path is not None else []):
+        if path.is_file():
+            log.info("removing %s of an earlier run", path)
+            path.unlink(missing_ok=True)
 
 
 class StepTimer(Callback):
@@ -114,16 +293,24 @@ def run_training(
         ) -> None:
             super().log_metrics(metrics, None if step is None else step + 1, sync)
 
+    # processes that share the global batch (1 CPU process unless devices x num_nodes > 1)
+    world = _check_hardware(train)
     resolved = resolve_train_config(train, crops)
     values = resolved["values"]
     plain = {"seed": seed, "train": to_plain(train), "crops": to_plain(crops), "resolved": values}
     fingerprint = config_fingerprint(plain)
+    # Before launch, rank 0 is a guess (LOCAL_RANK on a second node reads as 0); removing is
+    # idempotent, so a wrong guess is harmless, and it must precede everything that can fail.
+    if is_rank_zero():
+        _remove_stale_outputs(out_dir, live_dir, timings_path)
+    key = resume_key(
+        fingerprint,
+        input_digests(init_weights=init_weights, manifest=manifest_path, images=images),
+    )
     pl.seed_everything(seed, workers=True, verbose=False)
 
-    # processes that share the global batch (1 CPU process unless devices > 1)
-    world = train.devices
     module = NeCoModule(
-        train=train, resolved=values, seed=seed, devices=world, init_weights=init_weights
+        train=train, resolved=values, seed=seed, world_size=world, init_weights=init_weights
     )
     datamodule = NeCoDataModule(
         images,
@@ -132,15 +319,22 @@ def run_training(
         params=PhotometricParams(train.jitter_strength, train.blur_strength),
         seed=seed,
         num_workers=runtime.num_workers,
+        world_size=world,
     )
     steps_per_epoch = datamodule.steps_per_epoch()
     epochs = int(values["epochs"])
     module.set_total_steps(steps_per_epoch * epochs)
 
-    if is_rank_zero():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if init_weights is None:
-            export_backbone(module.student_backbone, out_dir / "init_backbone.safetensors")
+    # read-only on every rank; global rank 0 acts on it in _RunGuard.setup
+    decision = decide_resume(checkpoint_dir, key)
+    resume = decision.resume
+    guard = _RunGuard(
+        checkpoint_dir=checkpoint_dir,
+        key=key,
+        decision=decision,
+        live_dir=live_dir,
+        init_export=out_dir / "init_backbone.safetensors" if init_weights is None else None,
+    )
 
     ckpt_cb = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -152,22 +346,22 @@ def run_training(
         enable_version_counter=False,
     )
     timer = StepTimer(int(values["batch_size"]))
-    resume = _resumable_checkpoint(checkpoint_dir, fingerprint)
-    if is_rank_zero():
-        _mark_checkpoint(checkpoint_dir, fingerprint)
     logger = StepLogger(
         dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None
     )
     trainer = pl.Trainer(
         accelerator=train.accelerator,
         devices=train.devices,
+        num_nodes=train.num_nodes,
         strategy=train.strategy,
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
+        default_root_dir=str(checkpoint_dir),
         precision=train.precision.value,
         max_epochs=epochs,
         max_steps=train.max_steps if train.max_steps is not None else -1,
         gradient_clip_val=None,  # clipping is done by the module on the official parameter subset
         log_every_n_steps=runtime.train.log_every_n_steps,
-        callbacks=[ckpt_cb, timer],
+        callbacks=[guard, ckpt_cb, timer],
         logger=logger,
         enable_progress_bar=runtime.progress,
         enable_model_summary=False,
@@ -179,16 +373,28 @@ def run_training(
         limit_val_batches=0,
     )
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except SystemExit as exc:
+        # SIGTERMException (SIGTERM, or SIGINT via _RunGuard) or Lightning's sys.exit(1) after
+        # a KeyboardInterrupt; both leave the trainer INTERRUPTED and last.ckpt untouched
+        if not trainer.interrupted:
+            raise
+        signum = guard.signum or (
+            signal.SIGTERM if isinstance(exc, SIGTERMException) else signal.SIGINT
+        )
+        raise _interrupted(signum, checkpoint_dir, trainer.is_global_zero) from None
+    finally:
+        guard.restore_signals()
     wall = time.perf_counter() - t0
 
     # The completed state, whatever checkpoint_every_n_epochs and max_steps were: renaming
     # last.ckpt would keep an older epoch (epochs not a multiple of the period) or a stale file
     # of an earlier configuration (no periodic checkpoint at all). Every rank calls it (DDP).
-    trainer.save_checkpoint(checkpoint_dir / "final.ckpt", weights_only=False)
+    trainer.save_checkpoint(checkpoint_dir / FINAL, weights_only=False)
     summary: dict[str, Any] = {}
     if trainer.is_global_zero:
-        (checkpoint_dir / "last.ckpt").unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         export_backbone(module.student_backbone, out_dir / "student_backbone.safetensors")
         resolved_out = {**resolved, "fingerprint": fingerprint, "steps_per_epoch": steps_per_epoch}
         write_json(out_dir / "resolved_config.json", resolved_out)
@@ -206,7 +412,7 @@ def run_training(
             "device": str(trainer.strategy.root_device),
             "precision": train.precision.value,
         }
-        write_json(live_dir / "summary.json", summary)
+        write_json(live_dir / SUMMARY, summary)
         facts = {
             "s_per_step": sum(times) / len(times) if times else None,
             "images_per_s": int(values["batch_size"]) * len(times) / sum(times) if times else None,
@@ -217,25 +423,6 @@ def run_training(
         if timings_path is not None:
             write_json(timings_path, facts)
         summary = {**summary, **facts}
+        # last: a kill before this line leaves last.ckpt to resume from, not a retrain
+        (checkpoint_dir / LAST).unlink(missing_ok=True)
     return summary
-
-
-_MARK = "last.fingerprint"
-
-
-def _resumable_checkpoint(checkpoint_dir: Path, fingerprint: str) -> Path | None:
-    """``last.ckpt`` if it was written by a run with the same resolved configuration."""
-    ckpt = checkpoint_dir / "last.ckpt"
-    mark = checkpoint_dir / _MARK
-    if ckpt.is_file() and mark.is_file() and mark.read_text().strip() == fingerprint:
-        log.info("resuming from %s", ckpt)
-        return ckpt
-    if ckpt.is_file():
-        log.info("ignoring %s: it was written with a different configuration", ckpt)
-        ckpt.unlink()
-    return None
-
-
-def _mark_checkpoint(checkpoint_dir: Path, fingerprint: str) -> None:
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / _MARK).write_text(fingerprint + "\n")

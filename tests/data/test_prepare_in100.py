@@ -118,6 +118,6 @@ def test_production_checks(user_tar: Path, tmp_path: Path) -> None:
         prepare_in100(_cfg(user_tar, local_path=user_tar, class_list=None), raw,
                       tmp_path / "b", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-    with pytest.raises(FileNotFoundError, match="run the download stage"):
+    with pytest.raises(FileNotFoundError, match=r"run the download@in100 stage first"):
         prepare_in100(_cfg(user_tar, local_path=user_tar, class_list=cl), tmp_path / "none",
                       tmp_path / "c", progress=False)

@@ -287,5 +287,25 @@ def test_end_to_end_http_fetch_prepare_open(http_server: LocalServer, tmp_path: 
 def test_prepare_refuses_unfetched_archives(tmp_path: Path) -> None:
     server = LocalServer(host="127.0.0.1", port=9)  # never contacted
     cfg = _cfg(server, tmp_path)
-    with pytest.raises(FileNotFoundError, match="VOCtrainval_11-May-2012.tar: archive not found"):
+    with pytest.raises(FileNotFoundError, match=r"VOCtrainval_11-May-2012\.tar: archive not found; "
+                       r"run the download@voc stage first \(`dvc repro download@voc`\)"):
         prepare_voc(cfg, tmp_path / "raw", tmp_path / "out", progress=False)
+
+
+def test_truncated_jpeg_in_a_good_archive_fails_prepare(raw: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """Every image is decoded during prepare: a header-valid but truncated JPEG is a DataError
+    naming the file, and no prepared tree is published."""
+    from neco.data.errors import DataError
+
+    voc = tmp_path / "VOC2012"
+    shutil.copytree(raw["voc"], voc)
+    image = voc / "JPEGImages" / "2007_000032.jpg"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"2007_000032\.jpg: cannot decode image \(corrupt or "
+                                        r"truncated\?\): image file is truncated"):
+        _prepare({**raw, "voc": voc}, out)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]

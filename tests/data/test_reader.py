@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neco.data.label_png import encode_label_png, read_label_png
+from neco.data.errors import DataError
+from neco.data.label_png import decode_image, decode_images, encode_label_png, read_label_png
 from neco.data.meta import (
     canonical_split_bytes,
     md5_bytes,
@@ -121,7 +122,7 @@ def test_error_corrupt_image(tmp_path: Path, image: np.ndarray, mask: np.ndarray
     with pytest.raises(ValueError, match=r"images/s/a\.jpg: cannot decode image"):
         _open(root)[0]
     path.write_bytes(_jpeg(image)[:200])  # truncated JPEG
-    with pytest.raises(ValueError, match=r"images/s/a\.jpg: cannot decode image"):
+    with pytest.raises(DataError, match=r"images/s/a\.jpg: cannot decode image"):
         _open(root)[0]
 
 
@@ -238,3 +239,54 @@ def test_parse_id_list_keeps_order_and_tolerates_whitespace() -> None:
         parse_id_list(b"a\na\n", source="l")
     with pytest.raises(ValueError, match="l: invalid id 'a b'"):
         parse_id_list(b"a b\n", source="l")
+
+
+def test_bad_files_raise_data_error_and_the_cli_prints_one_line(
+        tmp_path: Path, image: np.ndarray, mask: np.ndarray,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """DataError (a ValueError) reaches ``neco.cli.run_stage``'s one-line handler."""
+    from neco.cli import run_stage, user_error_types
+
+    root = _tree(tmp_path, {"a": (image, encode_label_png(mask))})
+    (root / "masks" / "s" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(DataError) as err:
+        _open(root)[0]
+    assert isinstance(err.value, ValueError) and DataError in user_error_types()
+    with pytest.raises(SystemExit) as exc:
+        run_stage(lambda: _open(root)[0])
+    assert exc.value.code == 1
+    out = capsys.readouterr().err
+    assert out.startswith("error: ") and out.count("\n") == 1 and "masks/s/a.png" in out
+    (root / "splits" / "s.txt").write_bytes(b"b\na\n")
+    with pytest.raises(DataError, match=r"s\.txt: line 2: unsorted id 'a'"):
+        _open(root)
+
+
+def test_decode_image_reads_every_pixel(tmp_path: Path) -> None:
+    """The header alone is not enough: a truncated JPEG has a valid header."""
+    from neco.data.label_png import image_size
+
+    image = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(_jpeg(image))
+    bad.write_bytes(_jpeg(image)[: len(_jpeg(image)) // 2])
+    assert image_size(bad) == decode_image(good) == image.shape[:2]
+    with pytest.raises(DataError, match=r"bad\.jpg: cannot decode image \(corrupt or truncated"):
+        decode_image(bad)
+    # Thread-pool decoding reports the first bad file in the given order, whatever the timing.
+    paths = [good] * 5 + [bad] + [good] * 5 + [tmp_path / "worse.jpg"]
+    (tmp_path / "worse.jpg").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"bad\.jpg"):
+        decode_images(paths, workers=4)
+    assert decode_images([good] * 3, workers=2) == [image.shape[:2]] * 3
+
+
+def test_missing_meta_names_the_prepare_stage(tmp_path: Path) -> None:
+    from neco.data.registry import get_dataset, load_class_names
+
+    with pytest.raises(FileNotFoundError, match=r"meta\.json: meta file not found; run the "
+                                                r"prepare@voc stage \(`dvc repro prepare@voc`\)"):
+        load_class_names(get_dataset("voc"), tmp_path)
+    (tmp_path / "meta.json").write_text("{")
+    with pytest.raises(DataError, match=r"meta\.json: invalid JSON"):
+        load_class_names(get_dataset("voc"), tmp_path)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neco.config import DownloadConfig
+from neco.config import ConfigError, DownloadConfig
 from neco.data.class_names import ADE20K_CLASS_NAMES
+from neco.data.errors import DataError
 from neco.data.hbird_sets import HbirdSetsConfig, fetch_hbird_sets, install_hbird_sets
-from neco.data.label_png import check_label_values, image_size, read_label_png
+from neco.data.label_png import check_label_values, decode_images, read_label_png
 from neco.data.meta import SplitRecord, build_meta, write_meta, write_split
 from neco.data.source_archives import archive_sources, extract_sources, fetch_sources
 from neco.data.staging import log_progress, staged_dir
@@ -58,7 +59,7 @@ class Ade20kConfig:
 
 def _archives(cfg: Ade20kConfig) -> dict[str, ArchiveConfig]:
     if "ade20k" not in cfg.archives:
-        raise ValueError("datasets.ade20k.archives: missing 'ade20k' (ADEChallengeData2016.zip)")
+        raise ConfigError("datasets.ade20k.archives: missing 'ade20k' (ADEChallengeData2016.zip)")
     return {"ade20k": cfg.archives["ade20k"]}
 
 
@@ -79,7 +80,7 @@ def fetch_ade20k(
 def prepare_ade20k(cfg: Ade20kConfig, raw_dir: Path, out_dir: Path, *, progress: bool) -> None:
     """Prepare stage of ``ade20k``: extract the fetched archive, write the canonical tree."""
     archives = _archives(cfg)
-    with extract_sources(archives, raw_dir, near=out_dir) as roots:
+    with extract_sources(archives, raw_dir, near=out_dir, source="ade20k") as roots:
         prepare_ade20k_tree(
             roots["ade20k"] / "ADEChallengeData2016",
             out_dir,
@@ -117,7 +118,7 @@ def check_object_info(path: Path, *, verify: bool) -> None:
     rows 1..150.
 
     Raises:
-        FileNotFoundError / ValueError: naming the file (``verify`` only).
+        FileNotFoundError / DataError: naming the file (``verify`` only).
     """
     if not path.is_file():
         if verify:
@@ -125,20 +126,24 @@ def check_object_info(path: Path, *, verify: bool) -> None:
         log.warning("%s not found; class names not cross-checked", path)
         return
     rows: list[int] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text: {err}") from err
+    for lineno, line in enumerate(text.splitlines(), start=1):
         cols = line.split("\t")
         if not line.strip() or not cols[0].strip().isdigit():
             continue  # header or blank line
         idx, words = int(cols[0]), cols[-1].strip().split(";")
         rows.append(idx)
         if not 1 <= idx < NUM_CLASSES:
-            raise ValueError(f"{path}:{lineno}: class index {idx} outside 1..150")
+            raise DataError(f"{path}:{lineno}: class index {idx} outside 1..150")
         want = ADE20K_CLASS_NAMES[idx].split(" ")
         if not any(words[i : i + len(want)] == want for i in range(len(words))):
             log.warning("%s:%d: name %r does not contain class %d %r", path, lineno, cols[-1],
                         idx, ADE20K_CLASS_NAMES[idx])
     if verify and rows != list(range(1, NUM_CLASSES)):
-        raise ValueError(f"{path}: expected rows 1..150 in order, found {len(rows)} rows")
+        raise DataError(f"{path}: expected rows 1..150 in order, found {len(rows)} rows")
 
 
 def prepare_ade20k_tree(
@@ -179,21 +184,24 @@ def prepare_ade20k_tree(
                                 ann_dir, len(extra), extra[:3])
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "masks" / split).mkdir(parents=True)
-            for sid in log_progress(ids, total=len(ids), desc=f"ade20k {split}", enabled=progress):
-                image = ade_root / "images" / split / f"{sid}.jpg"
+            images = [ade_root / "images" / split / f"{sid}.jpg" for sid in ids]
+            sizes = decode_images(images)  # every pixel: a truncated JPEG fails here, named
+            for sid, image, hw in log_progress(zip(ids, images, sizes, strict=True),
+                                               total=len(ids), desc=f"ade20k {split}",
+                                               enabled=progress):
                 mask_path = ann_dir / f"{sid}.png"
                 mask = read_label_png(mask_path)
-                if mask.shape != image_size(image):
-                    raise ValueError(f"{mask_path}: mask size {mask.shape} (H, W) differs from "
-                                     f"image {image} size {image_size(image)}")
+                if mask.shape != hw:
+                    raise DataError(f"{mask_path}: mask size {mask.shape} (H, W) differs from "
+                                    f"image {image} size {hw}")
                 check_label_values(mask, num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX,
                                    source=str(mask_path))
                 shutil.copyfile(image, tmp / "images" / split / f"{sid}.jpg")
                 shutil.copyfile(mask_path, tmp / "masks" / split / f"{sid}.png")
             records[split] = write_split(tmp / "splits" / f"{split}.txt", ids)
             if verify_counts and records[split].count != EXPECTED_COUNTS[split]:
-                raise ValueError(f"ADE20K {split}: {records[split].count} images, expected "
-                                 f"{EXPECTED_COUNTS[split]} (datasets.md §3.3)")
+                raise DataError(f"ADE20K {split}: {records[split].count} images, expected "
+                                f"{EXPECTED_COUNTS[split]} (datasets.md §3.3)")
         if hbird_dir is not None:
             records.update(install_hbird_sets(
                 hbird_dir, hbird_files, dataset="ade20k", splits_dir=tmp / "splits",

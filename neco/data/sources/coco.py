@@ -25,7 +25,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from neco.config import DownloadConfig
-from neco.data.label_png import image_size, read_label_png, write_label_png
+from neco.config import ConfigError, DownloadConfig
+from neco.data.errors import DataError
+from neco.data.label_png import decode_images, read_label_png, write_label_png
 from neco.data.meta import SplitRecord, build_meta, write_meta, write_split
 from neco.data.sources import coco_categories as cc
 from neco.data.sources.coco_masks import (
@@ -105,7 +106,7 @@ def fetch_coco(cfg: CocoConfig, raw_dir: Path, *, download: DownloadConfig, prog
     """
     missing = [k for k in ARCHIVE_KEYS if k not in cfg.archives]
     if missing:
-        raise ValueError(f"datasets.coco.archives is missing key(s) {missing}")
+        raise ConfigError(f"datasets.coco.archives is missing key(s) {missing}")
     fetch_archives(cfg.archives, Path(raw_dir),
                    cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None, progress=progress,
                    retries=download.retries, timeout_s=download.timeout_s,
@@ -126,7 +127,7 @@ def linear_subset_ids(ids: Sequence[str], *, fraction: float, seed: int) -> list
     ``fraction`` is read as the decimal it is written as (0.1 -> 1/10) so that n is exact.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"datasets.coco.linear_subset.fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"datasets.coco.linear_subset.fraction must be in (0, 1], got {fraction}")
     base = sorted(ids)
     n = math.floor(Fraction(repr(fraction)) * len(base))
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(len(base))
@@ -146,7 +147,7 @@ def _png_index(root: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for p in root.rglob("*.png"):
         if p.name in index:
-            raise ValueError(f"{root}: duplicate PNG basename {p.name} ({index[p.name]}, {p})")
+            raise DataError(f"{root}: duplicate PNG basename {p.name} ({index[p.name]}, {p})")
         index[p.name] = p
     return index
 
@@ -173,9 +174,17 @@ def _link_tree(files: Sequence[Path], dest: Path) -> None:
             shutil.copyfile(f, dest / f.name)
 
 
-def _load_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def _load_json(path: Path, keys: Sequence[str] = ("categories", "annotations")) -> Any:
+    """A COCO annotation JSON: an object with list fields ``keys`` (DataError naming the file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: invalid JSON: {err}") from err
+    bad = [k for k in keys if not isinstance(obj, dict) or not isinstance(obj.get(k), list)]
+    if bad:
+        raise DataError(f"{path}: expected a COCO JSON object with list field(s) {bad}")
+    return obj
 
 
 def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: bool) -> None:
@@ -183,24 +192,27 @@ def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: boo
 
     Raises:
         FileNotFoundError: an archive, annotation or mask is missing (named).
-        ValueError: counts or class tables differ from the spec, or an input is malformed.
+        ConfigError: an archive key is missing from ``datasets.coco.archives``.
+        DataError: counts or class tables differ from the spec, or an input file is malformed
+            (an image that does not decode, a mask of the wrong size, invalid JSON).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     paths = {}
     for key in ARCHIVE_KEYS:
         if key not in cfg.archives:
-            raise ValueError(f"datasets.coco.archives is missing key {key!r}")
+            raise ConfigError(f"datasets.coco.archives is missing key {key!r}")
         paths[key] = raw_dir / cfg.archives[key].filename
         if not paths[key].is_file():
             raise FileNotFoundError(f"{paths[key]}: archive datasets.coco.archives.{key} not "
-                                    "found; run the download stage first")
+                                    "found; run the download@coco stage first "
+                                    "(`dvc repro download@coco`)")
     work = out_dir.parent / f".{out_dir.name}.extract"
     ex = {k: extract_archive(paths[k], work / k) for k in ARCHIVE_KEYS}
     ids = {s: _image_ids(ex[s] / s, paths[s].name) for s in ("train2017", "val2017")}
     for split, want in EXPECTED_COUNTS.items():
         if cfg.verify_counts and len(ids[split]) != want:
-            raise ValueError(f"{paths[split].name}: {len(ids[split])} images in {split}/, "
-                             f"expected {want}")
+            raise DataError(f"{paths[split].name}: {len(ids[split])} images in {split}/, "
+                            f"expected {want}")
 
     pan_val = _load_json(_find(ex["panoptic"], "panoptic_val2017.json", paths["panoptic"].name))
     stuff_val_path = _find(ex["stuff"], "stuff_val2017.json", paths["stuff"].name)
@@ -210,8 +222,8 @@ def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: boo
     for got, table, what in ((t_names, cc.THINGS_CLASS_NAMES, "things"),
                              (s_names, cc.STUFF_CLASS_NAMES, "stuff")):
         if tuple(got) != table:
-            raise ValueError(f"COCO-{what} super-classes from the val JSON {got} differ from "
-                             f"datasets.md §4 {list(table)}")
+            raise DataError(f"COCO-{what} super-classes from the val JSON {got} differ from "
+                            f"datasets.md §4 {list(table)}")
     ref_t, ref_s = cc.reference_luts()
     tables_match = bool((ref_t == t_lut).all() and (ref_s == s_lut).all())
     if not tables_match:
@@ -221,17 +233,22 @@ def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: boo
     subset_name = linear_subset_name(sub_cfg.fraction, sub_cfg.seed)
     subset = linear_subset_ids(ids["train2017"], fraction=sub_cfg.fraction, seed=sub_cfg.seed)
     if not subset:
-        raise ValueError(f"{subset_name}: the linear-probe subset is empty "
-                         f"({len(ids['train2017'])} train images)")
+        raise DataError(f"{subset_name}: the linear-probe subset is empty "
+                        f"({len(ids['train2017'])} train images)")
     convert = {"val2017": ids["val2017"],
                "train2017": ids["train2017"] if cfg.convert_train == ConvertTrain.ALL
                else subset}
     stats: dict[str, Any] = {"unexpected_stuff_pixels": 0}
+    # Decode every image once (a truncated JPEG fails here, named); masks are checked against
+    # these sizes.
+    sizes = {split: dict(zip(ids[split], decode_images(
+        [ex[split] / split / f"{i}.jpg" for i in ids[split]]), strict=True))
+        for split in ("train2017", "val2017")}
 
     with staged_dir(out_dir) as stage:
         for split, split_ids in convert.items():
             _convert_split(split, split_ids, ex, paths, stage, t_lut, s_lut, stats, progress,
-                           pan_val if split == "val2017" else None)
+                           pan_val if split == "val2017" else None, sizes[split])
         for split_ids, split in ((subset, subset_name), (ids["val2017"], "val2017")):
             for i in split_ids:  # §4.6: every subset id has both masks
                 for kind in ("things", "stuff"):
@@ -256,7 +273,8 @@ def prepare_coco(cfg: CocoConfig, raw_dir: Path, out_dir: Path, *, progress: boo
 
 def _convert_split(split: str, split_ids: Sequence[str], ex: dict[str, Path],
                    paths: dict[str, Path], stage: Path, t_lut: np.ndarray, s_lut: np.ndarray,
-                   stats: dict[str, Any], progress: bool, pan: dict[str, Any] | None) -> None:
+                   stats: dict[str, Any], progress: bool, pan: dict[str, Any] | None,
+                   sizes: Mapping[str, tuple[int, int]]) -> None:
     """Write things and stuff masks of ``split_ids`` into ``stage/{things,stuff}/masks/split``."""
     if not split_ids:
         return
@@ -265,7 +283,13 @@ def _convert_split(split: str, split_ids: Sequence[str], ex: dict[str, Path],
     stuff_dirs = extract_nested_zips(ex["stuff"], [f"**/stuff_{split}_pixelmaps.zip"])
     if pan is None:
         pan = _load_json(_find(ex["panoptic"], f"panoptic_{split}.json", pan_name))
-    anns = {Path(a["file_name"]).stem: a for a in pan["annotations"]}
+    anns: dict[str, dict[str, Any]] = {}
+    for a in pan["annotations"]:
+        if not (isinstance(a, dict) and isinstance(a.get("file_name"), str)
+                and isinstance(a.get("segments_info"), list)):
+            raise DataError(f"{pan_name}: panoptic_{split}.json: annotation {str(a)[:80]!r} needs "
+                            "a 'file_name' string and a 'segments_info' list")
+        anns[Path(a["file_name"]).stem] = a
     pan_png = _png_index(pan_dirs[0])
     stuff_png = _png_index(stuff_dirs[0])
     out_t = stage / "things" / "masks" / split
@@ -274,7 +298,7 @@ def _convert_split(split: str, split_ids: Sequence[str], ex: dict[str, Path],
     out_s.mkdir(parents=True)
     for i in log_progress(split_ids, total=len(split_ids), desc=f"coco masks {split}",
                           enabled=progress):
-        hw = image_size(ex[split] / split / f"{i}.jpg")
+        hw = sizes[i]
         ann = anns.get(i)
         if ann is None:
             raise FileNotFoundError(f"{pan_name}: panoptic_{split}.json has no annotation for "
@@ -291,7 +315,7 @@ def _convert_split(split: str, split_ids: Sequence[str], ex: dict[str, Path],
         pixelmap = read_label_png(pixelmap_path)
         for arr, path in ((seg_ids, png), (pixelmap, pixelmap_path)):
             if arr.shape != hw:
-                raise ValueError(f"{path}: mask size {arr.shape} != image size {hw} of {i}.jpg")
+                raise DataError(f"{path}: mask size {arr.shape} != image size {hw} of {i}.jpg")
         write_label_png(out_t / f"{i}.png",
                         things_mask(seg_ids, ann["segments_info"], t_lut, source=str(png)))
         smask, unexpected = stuff_mask(pixelmap, s_lut)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from neco.data.errors import DataError
+
 IGNORE = 255
 MAX_PANOPTIC_ID = 200  # panoptic ids above this (and unknown ids) map to IGNORE (§4.2)
 STUFF_OTHER_ID = 183  # "other" (thing pixels) in the stuff pixelmaps -> IGNORE (§4.3)
@@ -141,7 +143,7 @@ def stuff_categories_json() -> list[dict[str, Any]]:
 def _field(cat: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
     value = cat.get(key) if isinstance(cat, Mapping) else None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise ValueError(f"{source}: category {cat!r} needs {kind.__name__} field {key!r}")
+        raise DataError(f"{source}: category {cat!r} needs {kind.__name__} field {key!r}")
     return value
 
 
@@ -193,7 +195,7 @@ def stuff_lut(categories: Sequence[Mapping[str, Any]], *,
         cid = _field(cat, "id", int, source)
         sup = _field(cat, "supercategory", str, source)
         if not 0 < cid < 256:
-            raise ValueError(f"{source}: stuff category id {cid} outside 1..255")
+            raise DataError(f"{source}: stuff category id {cid} outside 1..255")
         if sup != "other":
             stuff[cid] = sup
     names = sorted(set(stuff.values()))

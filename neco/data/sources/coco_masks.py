@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from neco.data.errors import DataError
 from neco.data.sources.coco_categories import IGNORE
 
 
@@ -31,16 +32,17 @@ def read_panoptic_ids(path: Path) -> np.ndarray:
         ``uint32 (H, W)`` with ``id = R + 256·G + 65536·B``.
 
     Raises:
-        ValueError: naming the file if it cannot be decoded or is not mode 'RGB'.
+        DataError: naming the file if it cannot be decoded or is not mode 'RGB'.
     """
     try:
         with Image.open(path) as img:
             mode = img.mode
             rgb = np.array(img) if mode == "RGB" else None
     except Exception as err:  # PIL raises several types for corrupt files
-        raise ValueError(f"{path}: cannot decode panoptic PNG: {err}") from err
+        raise DataError(f"{path}: cannot decode panoptic PNG (corrupt or truncated?): "
+                        f"{err}") from err
     if rgb is None:
-        raise ValueError(f"{path}: panoptic PNG has mode {mode!r}; expected 'RGB' (id-encoded)")
+        raise DataError(f"{path}: panoptic PNG has mode {mode!r}; expected 'RGB' (id-encoded)")
     rgb = rgb.astype(np.uint32)
     ids: np.ndarray = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
     return ids
@@ -65,7 +67,7 @@ def things_mask(seg_ids: np.ndarray, segments_info: Sequence[Mapping[str, Any]],
         try:
             sid, cid = int(seg["id"]), int(seg["category_id"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{source}: malformed segments_info entry {seg!r}") from err
+            raise DataError(f"{source}: malformed segments_info entry {seg!r}") from err
         seg_to_class[sid] = int(lut[cid]) if 0 <= cid < lut.shape[0] else IGNORE
     seg_to_class[0] = IGNORE  # void, even if a (malformed) entry claims id 0
     uniq, inverse = np.unique(seg_ids, return_inverse=True)

@@ -21,7 +21,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from neco.config import DownloadConfig
+from neco.config import ConfigError, DownloadConfig
+from neco.data.errors import DataError
+from neco.data.label_png import decode_images
 from neco.data.meta import build_meta, write_meta, write_split
 from neco.data.staging import log_progress, staged_dir
 from neco.download.archives import ArchiveConfig
@@ -67,20 +69,26 @@ def read_class_list(path: Path, *, expect_md5: str | None) -> list[str]:
         expect_md5: if set, the file's md5 must equal it.
 
     Raises:
-        ValueError: naming the file and line, or the expected vs actual md5.
+        FileNotFoundError: naming the file (``datasets.in100.class_list``).
+        DataError: naming the file and line, or the expected vs actual md5.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: class list not found (datasets.in100.class_list)")
     data = Path(path).read_bytes()
     if expect_md5 is not None and hashlib.md5(data).hexdigest() != expect_md5:
-        raise ValueError(f"{path}: md5 {hashlib.md5(data).hexdigest()}, expected {expect_md5} "
-                         "(the ImageNet-100 list of datasets.md Appendix A)")
+        raise DataError(f"{path}: md5 {hashlib.md5(data).hexdigest()}, expected {expect_md5} "
+                        "(the ImageNet-100 list of datasets.md Appendix A)")
     if b"\r" in data or not data.endswith(b"\n"):
-        raise ValueError(f"{path}: class list must use LF line endings with a trailing newline")
-    wnids = data.decode("ascii").splitlines()
+        raise DataError(f"{path}: class list must use LF line endings with a trailing newline")
+    try:
+        wnids = data.decode("ascii").splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: class list is not ASCII text: {err}") from err
     for n, w in enumerate(wnids, 1):
         if not WNID_RE.match(w):
-            raise ValueError(f"{path}: line {n}: {w!r} is not a wnid like n01440764")
+            raise DataError(f"{path}: line {n}: {w!r} is not a wnid like n01440764")
     if len(set(wnids)) != len(wnids):
-        raise ValueError(f"{path}: duplicate wnids")
+        raise DataError(f"{path}: duplicate wnids")
     return wnids
 
 
@@ -93,13 +101,13 @@ def fetch_in100(
     ``local_path`` never touches the network.
 
     Raises:
-        ValueError: when ``local_path`` is not set (ImageNet needs a login).
+        ConfigError: when ``local_path`` is not set (ImageNet needs a login).
     """
     arc = cfg.archives.get(ARCHIVE_KEY)
     if arc is None:
-        raise ValueError(f"datasets.in100.archives needs the key {ARCHIVE_KEY!r}")
+        raise ConfigError(f"datasets.in100.archives needs the key {ARCHIVE_KEY!r}")
     if not arc.local_path:
-        raise ValueError(
+        raise ConfigError(
             "ImageNet is never downloaded automatically: ILSVRC2012_img_train.tar (~138 GB) "
             "requires an image-net.org account. Download it yourself (https://image-net.org/"
             "download-images.php) and set `" + PARAM_KEY + ".local_path` in params.yaml to its "
@@ -117,14 +125,17 @@ def prepare_in100(cfg: In100Config, raw_dir: Path, out_dir: Path, *, progress: b
 
     Raises:
         FileNotFoundError: the archive is missing.
-        ValueError / ExtractError: wrong class list, missing or empty classes, wrong count.
+        ConfigError: ``datasets.in100.archives`` lacks ``imagenet_train``.
+        DataError / ExtractError: wrong class list, missing or empty classes, an image that does
+            not decode, wrong count.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     if ARCHIVE_KEY not in cfg.archives:
-        raise ValueError(f"datasets.in100.archives needs the key {ARCHIVE_KEY!r}")
+        raise ConfigError(f"datasets.in100.archives needs the key {ARCHIVE_KEY!r}")
     archive = raw_dir / cfg.archives[ARCHIVE_KEY].filename
     if not archive.is_file():
-        raise FileNotFoundError(f"{archive}: {PARAM_KEY} not found; run the download stage")
+        raise FileNotFoundError(f"{archive}: {PARAM_KEY} not found; run the download@in100 "
+                                "stage first (`dvc repro download@in100`)")
     list_path = Path(cfg.class_list) if cfg.class_list else vendored_class_list()
     production = cfg.verify_counts or cfg.class_list is None
     wnids = read_class_list(list_path, expect_md5=CLASS_LIST_MD5 if production else None)
@@ -133,23 +144,26 @@ def prepare_in100(cfg: In100Config, raw_dir: Path, out_dir: Path, *, progress: b
     extracted = extract_selected_inner_tars(archive, work / "train", wnids)
     empty = [w for w in wnids if extracted.get(w, 0) == 0]
     if empty:
-        raise ValueError(f"{archive}: class folder(s) {empty[:10]} are empty")
+        raise DataError(f"{archive}: class folder(s) {empty[:10]} are empty")
     ids = []
     with staged_dir(out_dir) as stage:
         for wnid in log_progress(wnids, total=len(wnids), desc="in100 classes",
                                  enabled=progress):
             (stage / "train" / wnid).mkdir(parents=True)
-            for f in sorted((work / "train" / wnid).iterdir()):
+            files = sorted((work / "train" / wnid).iterdir())
+            for f in files:
                 if f.suffix != ".JPEG":
-                    raise ValueError(f"{archive}: {wnid}.tar member {f.name} is not a .JPEG")
+                    raise DataError(f"{archive}: {wnid}.tar member {f.name} is not a .JPEG")
+            decode_images(files)  # every pixel: a truncated JPEG fails here, named
+            for f in files:
                 try:
                     os.link(f, stage / "train" / wnid / f.name)
                 except OSError:
                     shutil.copyfile(f, stage / "train" / wnid / f.name)
                 ids.append(f"{wnid}/{f.stem}")
         if cfg.verify_counts and len(ids) != EXPECTED_IMAGES:
-            raise ValueError(f"{archive}: {len(ids)} images in the {len(wnids)} classes, "
-                             f"expected {EXPECTED_IMAGES}")
+            raise DataError(f"{archive}: {len(ids)} images in the {len(wnids)} classes, "
+                            f"expected {EXPECTED_IMAGES}")
         write_bytes(stage / "imagenet100.txt", list_path.read_bytes())
         record = write_split(stage / "splits" / "train.txt", ids)
         meta = build_meta(

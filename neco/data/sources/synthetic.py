@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from neco.config import DownloadConfig
+from neco.data.errors import DataError
 from neco.data.meta import md5_file
 from neco.data.sources.synthetic_images import SyntheticConfig, generate
 from neco.data.sources.voc import IGNORE_INDEX, TrainaugMasks, prepare_voc_tree
+from neco.io import report_disk_full
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,14 @@ def fetch_synthetic(
 
     ``download`` (``runtime.download``) is accepted for the uniform fetch signature and ignored:
     nothing is downloaded.
+
+    Raises:
+        ConfigError: a generator parameter is out of range (named).
+        DiskFullError: the file system of ``raw_dir`` is full (nothing is left behind).
     """
     del download
-    generate(cfg.generator, Path(raw_dir), progress=progress)
+    with report_disk_full(raw_dir):
+        generate(cfg.generator, Path(raw_dir), progress=progress)
 
 
 def prepare_synthetic(
@@ -47,18 +54,28 @@ def prepare_synthetic(
 
     Raises:
         FileNotFoundError: the raw dataset (``manifest.json``) is missing.
-        ValueError: the raw dataset was generated with other parameters than ``cfg``.
+        DataError: the manifest is not valid JSON, or the raw dataset was generated with other
+            parameters than ``cfg``.
     """
     manifest_path = Path(raw_dir) / "manifest.json"
+    stage = "download@synthetic"  # the synthetic source's download stage runs the generator
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: not found; run the generate stage first")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raise FileNotFoundError(f"{manifest_path}: not found; run the {stage} stage first, "
+                                f"which generates the dataset (`dvc repro {stage}`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{manifest_path}: invalid JSON: {err}; rerun the {stage} "
+                        "stage") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("class_names"), list):
+        raise DataError(f"{manifest_path}: expected a JSON object with a 'class_names' list; "
+                        f"rerun the {stage} stage")
     if manifest.get("params") != asdict(cfg.generator):
-        raise ValueError(f"{manifest_path}: generated with other parameters than "
-                         "datasets.synthetic.generator; rerun the generate stage")
+        raise DataError(f"{manifest_path}: generated with other parameters than "
+                        f"datasets.synthetic.generator; rerun the {stage} stage")
     if manifest.get("ignore_index") != IGNORE_INDEX:
-        raise ValueError(f"{manifest_path}: ignore_index {manifest.get('ignore_index')!r}, "
-                         f"expected {IGNORE_INDEX}")
+        raise DataError(f"{manifest_path}: ignore_index {manifest.get('ignore_index')!r}, "
+                        f"expected {IGNORE_INDEX}")
     prepare_voc_tree(
         Path(raw_dir) / "VOCdevkit" / "VOC2012",
         out_dir,

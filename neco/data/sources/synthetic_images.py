@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from neco.config import ConfigError
 from neco.data.sources.synthetic_shapes import (
     Shape,
     Texture,
@@ -117,7 +118,7 @@ class SyntheticConfig:
 
 
 def validate_config(cfg: SyntheticConfig) -> None:
-    """Raise ``ValueError`` naming the key if a value is out of range."""
+    """Raise ``ConfigError`` (a ``ValueError``) naming the key if a value is out of range."""
     checks: list[tuple[str, bool, str]] = [
         ("num_train", cfg.num_train >= 1, ">= 1"),
         ("num_val", cfg.num_val >= 1, ">= 1"),
@@ -146,7 +147,7 @@ def validate_config(cfg: SyntheticConfig) -> None:
     ]
     for key, ok, expected in checks:
         if not ok:
-            raise ValueError(
+            raise ConfigError(
                 f"datasets.synthetic.generator.{key}={getattr(cfg, key)!r}: expected {expected}"
             )
 

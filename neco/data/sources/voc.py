@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from neco.config import DownloadConfig
+from neco.config import ConfigError, DownloadConfig
 from neco.data.class_names import VOC_CLASS_NAMES
+from neco.data.errors import DataError
 from neco.data.hbird_sets import HbirdSetsConfig, fetch_hbird_sets, install_hbird_sets
-from neco.data.label_png import check_label_values, image_size, read_label_png, write_label_png
+from neco.data.label_png import check_label_values, decode_images, read_label_png, write_label_png
 from neco.data.meta import SplitRecord, build_meta, parse_id_list, write_meta, write_split
 from neco.data.source_archives import archive_sources, extract_sources, fetch_sources
 from neco.data.staging import log_progress, staged_dir
@@ -82,19 +83,19 @@ def required_archives(cfg: VocConfig) -> list[str]:
     """Archive keys this configuration needs, validated against ``cfg.archives``.
 
     Raises:
-        ValueError: naming the params key that is missing or inconsistent.
+        ConfigError: naming the params key that is missing or inconsistent.
     """
     keys = ["voc2012"]
     if cfg.use_sbd:
         keys.append("sbd")
     if cfg.trainaug_masks is TrainaugMasks.DRSLEEP_ZIP:
         if not cfg.use_sbd:
-            raise ValueError("datasets.voc.trainaug_masks=drsleep_zip needs use_sbd=true "
-                             "(the trainaug id list comes from SBD)")
+            raise ConfigError("datasets.voc.trainaug_masks=drsleep_zip needs use_sbd=true "
+                              "(the trainaug id list comes from SBD)")
         keys.append("segclassaug")
     missing = [k for k in keys if k not in cfg.archives]
     if missing:
-        raise ValueError(f"datasets.voc.archives: missing {missing} (needed by this config)")
+        raise ConfigError(f"datasets.voc.archives: missing {missing} (needed by this config)")
     return keys
 
 
@@ -115,7 +116,7 @@ def prepare_voc(cfg: VocConfig, raw_dir: Path, out_dir: Path, *, progress: bool)
     """Prepare stage of ``voc``: extract the fetched archives and write the canonical tree."""
     keys = required_archives(cfg)
     archives = {k: cfg.archives[k] for k in keys}
-    with extract_sources(archives, raw_dir, near=out_dir) as roots:
+    with extract_sources(archives, raw_dir, near=out_dir, source="voc") as roots:
         prepare_voc_tree(
             roots["voc2012"] / "VOCdevkit" / "VOC2012",
             out_dir,
@@ -136,7 +137,7 @@ def load_sbd_mask(path: Path) -> np.ndarray:
     """``GTcls.Segmentation`` of an SBD ``cls/<id>.mat`` as ``uint8 (H, W)``.
 
     Raises:
-        FileNotFoundError / ValueError: naming the file.
+        FileNotFoundError / DataError: naming the file.
     """
     import scipy.io  # lazy: only the prepare stage needs scipy
 
@@ -145,11 +146,11 @@ def load_sbd_mask(path: Path) -> np.ndarray:
     try:
         seg = scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0]
     except Exception as err:
-        raise ValueError(f"{path}: cannot read GTcls.Segmentation: {err}") from err
+        raise DataError(f"{path}: cannot read GTcls.Segmentation: {err}") from err
     seg = np.asarray(seg)
-    if seg.ndim != 2 or seg.min() < 0 or seg.max() > 255:
-        raise ValueError(f"{path}: GTcls.Segmentation has shape {seg.shape}, range "
-                         f"[{seg.min()}, {seg.max()}]; expected 2-D uint8 labels")
+    if seg.ndim != 2 or seg.size == 0 or seg.min() < 0 or seg.max() > 255:
+        raise DataError(f"{path}: GTcls.Segmentation has shape {seg.shape}, range "
+                        f"[{seg.min()}, {seg.max()}]; expected 2-D uint8 labels")
     return seg.astype(np.uint8)
 
 
@@ -198,18 +199,18 @@ def prepare_voc_tree(
     train = _read_list(sets_dir / "train.txt")
     val = _read_list(sets_dir / "val.txt")
     if set(train) & set(val):
-        raise ValueError(f"{sets_dir}: train.txt and val.txt overlap, e.g. "
-                         f"{sorted(set(train) & set(val))[:3]}")
+        raise DataError(f"{sets_dir}: train.txt and val.txt overlap, e.g. "
+                        f"{sorted(set(train) & set(val))[:3]}")
     if (sets_dir / "trainval.txt").is_file():
         trainval = set(_read_list(sets_dir / "trainval.txt"))
         if trainval != set(train) | set(val):
-            raise ValueError(f"{sets_dir / 'trainval.txt'}: does not equal train.txt ∪ val.txt")
+            raise DataError(f"{sets_dir / 'trainval.txt'}: does not equal train.txt ∪ val.txt")
     if sbd_root is not None:
         sbd_ids = _read_list(sbd_root / "train.txt") + _read_list(sbd_root / "val.txt")
         trainaug = sorted((set(sbd_ids) | set(train)) - set(val))
     else:
         if trainaug_masks is TrainaugMasks.DRSLEEP_ZIP:
-            raise ValueError("trainaug_masks=drsleep_zip needs SBD (use_sbd=true)")
+            raise ConfigError("trainaug_masks=drsleep_zip needs SBD (use_sbd=true)")
         trainaug = sorted(train)
     num_classes = len(class_names)
     voc_train = set(train)
@@ -226,24 +227,31 @@ def prepare_voc_tree(
         path = sbd_root / "cls" / f"{sid}.mat"
         return load_sbd_mask(path), path
 
+    def image_for(sid: str, split: str) -> Path:
+        image = voc_root / "JPEGImages" / f"{sid}.jpg"
+        if not image.is_file() and sbd_root is not None:
+            fallback = sbd_root / "img" / f"{sid}.jpg"
+            if fallback.is_file():
+                log.warning("%s missing; using SBD image %s", image, fallback)
+                image = fallback
+        if not image.is_file():
+            raise FileNotFoundError(f"{image}: image of {split} id {sid!r} not found")
+        return image
+
     with staged_dir(out_dir) as tmp:
         records: dict[str, SplitRecord] = {}
         for split, ids in (("val", sorted(val)), ("trainaug", trainaug)):
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "masks" / split).mkdir(parents=True)
-            for sid in log_progress(ids, total=len(ids), desc=f"{name} {split}", enabled=progress):
-                image = voc_root / "JPEGImages" / f"{sid}.jpg"
-                if not image.is_file() and sbd_root is not None:
-                    fallback = sbd_root / "img" / f"{sid}.jpg"
-                    if fallback.is_file():
-                        log.warning("%s missing; using SBD image %s", image, fallback)
-                        image = fallback
-                if not image.is_file():
-                    raise FileNotFoundError(f"{image}: image of {split} id {sid!r} not found")
+            images = [image_for(sid, split) for sid in ids]
+            sizes = decode_images(images)  # every pixel: a truncated JPEG fails here, named
+            for sid, image, hw in log_progress(zip(ids, images, sizes, strict=True),
+                                               total=len(ids), desc=f"{name} {split}",
+                                               enabled=progress):
                 mask, mask_src = mask_for(sid, split)
-                if mask.shape != image_size(image):
-                    raise ValueError(f"{mask_src}: mask size {mask.shape} (H, W) differs from "
-                                     f"image {image} size {image_size(image)}")
+                if mask.shape != hw:
+                    raise DataError(f"{mask_src}: mask size {mask.shape} (H, W) differs from "
+                                    f"image {image} size {hw}")
                 check_label_values(mask, num_classes=num_classes, ignore_index=IGNORE_INDEX,
                                    source=str(mask_src))
                 shutil.copyfile(image, tmp / "images" / split / f"{sid}.jpg")
@@ -272,9 +280,9 @@ def prepare_voc_tree(
 def _verify(records: Mapping[str, SplitRecord]) -> None:
     for split, count in EXPECTED_COUNTS.items():
         if records[split].count != count:
-            raise ValueError(f"VOC split {split!r}: {records[split].count} ids, expected {count} "
-                             "(datasets.md §2.3)")
+            raise DataError(f"VOC split {split!r}: {records[split].count} ids, expected {count} "
+                            "(datasets.md §2.3)")
     for split, md5 in EXPECTED_MD5.items():
         if records[split].md5 != md5:
-            raise ValueError(f"VOC split {split!r}: canonical list md5 {records[split].md5}, "
-                             f"expected {md5} (datasets.md §2.3)")
+            raise DataError(f"VOC split {split!r}: canonical list md5 {records[split].md5}, "
+                            f"expected {md5} (datasets.md §2.3)")
