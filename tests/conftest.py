@@ -7,6 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Caches (partial downloads, their locks, the weights and hub caches) never touch the user's.
+os.environ["XDG_CACHE_HOME"] = os.path.join(
+    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neco-test-cache-{os.getpid()}"
+)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

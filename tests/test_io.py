@@ -103,6 +103,10 @@ def test_atomic_write_on_full_disk_names_the_path(tmp_path: Path,
     assert msg.startswith(f"{dest}: no space left on device (") and "\n" not in msg
     assert err.value.errno == 28 and isinstance(err.value, OSError)
     assert list(dest.parent.iterdir()) == []  # neither dest nor the temporary file
+    import pickle  # crosses process boundaries (loader workers) intact
+
+    again = pickle.loads(pickle.dumps(err.value))
+    assert type(again) is nio.DiskFullError and again.path == dest
 
 
 def test_errnoless_writer_failure_is_disk_full_only_when_the_disk_is(

@@ -315,7 +315,8 @@ def test_world_size_splits_the_queue_and_the_reference_streams(tiny: TinySetup) 
     assert one.queue is not None and one.queue.banks.shape == (2, 64, 16)
     assert two.queue is not None and two.queue.banks.shape == (2, 32, 16)
     assert reference_seed(SEED, 0) == SEED + 1
-    assert torch.equal(one.generator.get_state(), torch.Generator().manual_seed(SEED + 1).get_state())
+    single = torch.Generator().manual_seed(SEED + 1)  # the stream before multi-device support
+    assert torch.equal(one.generator.get_state(), single.get_state())
     assert len({reference_seed(SEED, r) for r in range(4)}) == 4
     # per device: B/world * n = 2 * 4 = 8 references must fit into queue_length // world
     with pytest.raises(ValueError, match="leaves 6 rows per device"):

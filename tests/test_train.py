@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import neco.train.datamodule as datamodule
-from neco.config import RuntimeConfig, TrainConfig, load_section, load_value
+from neco.config import ConfigError, RuntimeConfig, TrainConfig, load_section, load_value
 from neco.config.method import CropConfig
 from neco.models.export import export_from_checkpoint
 from neco.models.vit import build_backbone
@@ -216,3 +217,58 @@ def test_runtime_knobs_do_not_invalidate_a_resume(
     )
     summary = run(tiny, "knobs", params)
     assert summary["resumed"] is True and summary["steps"] == STEPS
+
+
+def test_num_nodes_sets_the_world_size(tiny: TinySetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.num_nodes reaches the Trainer; world = devices x num_nodes sizes the per-device
+    queue (queue_length // world) and the batch split, and the checkpoints are atomic."""
+    import neco.train.run as run_mod
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def trainer(**kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise Stop
+
+    real_module = run_mod.NeCoModule
+
+    def module(**kwargs: Any) -> Any:
+        seen["module"] = real_module(**kwargs)
+        return seen["module"]
+
+    monkeypatch.setattr(run_mod.pl, "Trainer", trainer)
+    monkeypatch.setattr(run_mod, "NeCoModule", module)
+    params = tiny.with_params("nodes", {"train.num_nodes": 2, "train.strategy": "ddp"})
+    with pytest.raises(Stop):
+        run(tiny, "nodes", params)
+    assert seen["num_nodes"] == 2 and seen["devices"] == 1 and seen["strategy"] == "ddp"
+    assert seen["module"].world_size == 2 and seen["module"].queue.banks.shape == (2, 32, 16)
+    assert any(isinstance(p, run_mod.AtomicCheckpointIO) for p in seen["plugins"])
+    bad = tiny.with_params("nodes0", {"train.num_nodes": 0})
+    with pytest.raises(ConfigError, match="train.num_nodes = 0"):
+        run(tiny, "nodes0", bad)
+    odd = tiny.with_params("nodes3", {"train.num_nodes": 3, "train.strategy": "ddp"})
+    with pytest.raises(ValueError, match="not divisible by 3 devices"):
+        run(tiny, "nodes3", odd)
+
+
+def test_slurm_uses_lightnings_environment_without_auto_requeue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under srun Lightning's SLURMEnvironment is used, with its mid-epoch auto-requeue
+    checkpoint (SIGUSR1, not exact to resume from) off; elsewhere nothing is added."""
+    from lightning_fabric.plugins.environments.slurm import SLURMEnvironment
+
+    from neco.train.run import cluster_plugins
+
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert cluster_plugins() == []
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "neco")
+    (env,) = cluster_plugins()
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False

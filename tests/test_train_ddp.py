@@ -1,4 +1,6 @@
-"""The same train command runs with DDP (2 CPU processes, gloo): rank 0 writes everything."""
+"""The same train command runs with DDP (2 CPU processes, gloo): rank 0 writes everything, and
+every rank keeps its own reference queue (``queue_length // world`` rows per bank, not DDP's
+rank-0 buffer broadcast) and its own reference RNG stream, both saved per rank."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fixtures.tiny_training import build_tiny, git_repo
 
@@ -42,9 +45,25 @@ def test_train_stage_with_two_ddp_processes(tmp_path: Path) -> None:
     assert "Starting with 2 processes" in proc.stdout + proc.stderr
     summary = json.loads((out / "live" / "summary.json").read_text())
     assert summary["steps"] == 2
-    for name in (
-        "init_backbone.safetensors", "student_backbone.safetensors", "resolved_config.json"
-    ):
+    for name in ("student_backbone.safetensors", "resolved_config.json"):
         assert (out / "models" / name).is_file()
     assert (out / "ckpt" / "final.ckpt").is_file()
     assert not list((out / "models").glob(".*tmp"))  # no half-written files from another rank
+
+    # Per-rank queues (gathered into the checkpoint by rank): tiny queue_length 64 over 2
+    # processes = 32 rows per bank and rank; per step each rank pushes 2 patches x 2 images.
+    final = torch.load(out / "ckpt" / "final.ckpt", map_location="cpu", weights_only=False)
+    assert final["neco_world_size"] == 2 and not any(k.startswith("queue")
+                                                     for k in final["state_dict"])
+    queue = final["neco_queue"]
+    assert queue["banks"].shape == (2, 2, 32, 16)  # (rank, bank, rows, d)
+    assert queue["filled"].tolist() == [[8, 8], [8, 8]] and queue["ptr"].tolist() == [[8, 8]] * 2
+    banks = queue["banks"]
+    assert (banks[:, :, 8:] == 0).all() and (banks[:, :, :8].norm(dim=-1) > 0.99).all()
+    for step in range(2):  # each step's pushes are the rank's own (a broadcast makes them equal)
+        rows = slice(4 * step, 4 * step + 4)
+        for bank in range(2):
+            gap = torch.cdist(banks[0, bank, rows], banks[1, bank, rows]).min()
+            assert gap > 1e-4, (step, bank)
+    states = final["neco_generator_states"]
+    assert states.shape[0] == 2 and not torch.equal(states[0], states[1])  # per-rank streams

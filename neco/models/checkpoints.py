@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from neco.models.registry import OVERRIDE_PARAM, WeightsError
+from neco.models.registry import NECO_RELEASE_PREFIXES, OVERRIDE_PARAM, WeightsError
 
 _log = logging.getLogger(__name__)
 
@@ -181,7 +181,6 @@ KEY_MAPS: dict[str, KeyMap] = {m.name: m for m in (
 # fmt: on
 
 #: The network of a NeCo checkpoint -> its module prefix in the Lightning module (``src/neco.py``).
-NECO_RELEASE_PREFIXES = {"student": "model.", "teacher": "teacher."}
 
 #: Release architectures: DINOv2 names without / with registers, or DINO/timm names.
 RELEASE_ARCHS = ("dinov2", "dinov2_reg", "dino")
@@ -470,6 +469,22 @@ def _allowed_globals(names: Sequence[str]) -> Iterator[None]:
         yield
 
 
+def _not_safetensors(path: Path, err: Exception) -> WeightsError:
+    kind = "a torch zip/pickle" if _looks_like_torch(path) else "not a safetensors file"
+    return WeightsError(
+        f"{path}: cannot read it as safetensors ({err}); the file is {kind}. A torch "
+        f"checkpoint (.pth/.pt/.ckpt) must keep its own suffix, so that it is read with "
+        f"torch.load(weights_only=True)."
+    )
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether ``path`` starts like a torch.save file (a zip archive, or a legacy pickle)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return head in (b"PK", b"\x80\x02", b"\x80\x04", b"\x80\x05")
+
+
 def load_checkpoint(path: Path, *, safe_globals: Sequence[str]) -> Any:
     """Read a weight file without executing pickled code.
 
@@ -481,7 +496,8 @@ def load_checkpoint(path: Path, *, safe_globals: Sequence[str]) -> Any:
         safe_globals: names from the allow-list (``argparse.Namespace``) the format needs.
 
     Raises:
-        WeightsError: missing file, or a pickle needing a global outside the allow-list.
+        WeightsError: missing file, a file that is not what its suffix says, or a pickle needing
+            a global outside the allow-list.
     """
     import torch
 
@@ -489,9 +505,13 @@ def load_checkpoint(path: Path, *, safe_globals: Sequence[str]) -> Any:
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found (from {OVERRIDE_PARAM} or the cache)")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise _not_safetensors(path, err) from err
     try:
         with _allowed_globals(safe_globals):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -512,11 +532,18 @@ METADATA_KEY = "neco"  # safetensors metadata key holding the JSON metadata
 
 
 def read_export_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata of an exported file (empty for a foreign safetensors file)."""
-    from safetensors import safe_open
+    """The metadata of an exported file (empty for a foreign safetensors file).
 
-    with safe_open(str(path), framework="pt") as fh:
-        raw = dict(fh.metadata() or {})
+    Raises:
+        WeightsError: the file is not a safetensors file (e.g. a renamed torch checkpoint).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise _not_safetensors(Path(path), err) from err
     if METADATA_KEY in raw:
         return {str(k): str(v) for k, v in json.loads(raw[METADATA_KEY]).items()}
     return raw

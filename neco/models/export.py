@@ -34,13 +34,12 @@ from neco.models.checkpoints import (
     EXPORT_FORMAT,
     KEY_MAPS,
     METADATA_KEY,
-    NECO_RELEASE_PREFIXES,
     load_checkpoint,
     map_state_dict,
     read_export_metadata,
 )
 from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp
-from neco.models.registry import WeightsError
+from neco.models.registry import NECO_RELEASE_PREFIXES, WeightsError
 from neco.models.vit import Backbone, build_backbone, load_weights_file
 
 _log = logging.getLogger(__name__)

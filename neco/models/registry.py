@@ -46,6 +46,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 OVERRIDE_PARAM = "train.weights"
+#: Key prefix of each network in a NeCo Lightning checkpoint (student ``model.``, teacher).
+NECO_RELEASE_PREFIXES = {"student": "model.", "teacher": "teacher."}
 CACHE_PARAM = "train.weights_cache"
 
 

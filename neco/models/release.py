@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from neco.models.checkpoints import NECO_RELEASE_PREFIXES
 from neco.models.fetch import DNS_TIMEOUT_S, host_resolves
-from neco.models.registry import WeightsError
+from neco.models.registry import NECO_RELEASE_PREFIXES, WeightsError
 
 _log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ from torch import nn
 from neco.io import sha256_file
 from neco.models.checkpoints import (
     KEY_MAPS,
-    NECO_RELEASE_PREFIXES,
     load_checkpoint,
     map_state_dict,
     neco_release_key_map,
@@ -44,7 +43,14 @@ from neco.models.checkpoints import (
 )
 from neco.models.fetch import resolve_weights_file
 from neco.models.pos_embed import PosEmbedInterp, parse_pos_embed_interp, resample_patch_pos_embed
-from neco.models.registry import OVERRIDE_PARAM, BackboneSpec, SourceKind, WeightsError, get_spec
+from neco.models.registry import (
+    NECO_RELEASE_PREFIXES,
+    OVERRIDE_PARAM,
+    BackboneSpec,
+    SourceKind,
+    WeightsError,
+    get_spec,
+)
 
 _log = logging.getLogger(__name__)
 
