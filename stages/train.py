@@ -39,10 +39,11 @@ hashes the deps, params and outputs into ``dvc.lock``); ``dvc repro`` then conti
 evaluation stages. ``models/checkpoints`` must be on a file system every node sees.
 
 Interruptions: on SIGTERM (``timeout``, SLURM preemption or time limit, ``docker stop``) or
-SIGINT the stage stops after the current step, prints one ``[train] interrupted`` line and exits
-``128 + signal`` (143 for SIGTERM, 130 for SIGINT) without any output that looks complete;
-rerunning the same command (resubmitting the job, ``sbatch --requeue``) resumes from
-``--checkpoints``/``last.ckpt``, the last checkpointed epoch end, exactly.
+SIGINT the stage stops after the current step, prints one line (``[train] training interrupted
+by SIGTERM: ...``) and exits ``128 + signal`` (143 for SIGTERM, 130 for SIGINT) without any
+output that looks complete; rerunning the same command (resubmitting the job, ``sbatch
+--requeue``) resumes exactly from ``--checkpoints``/``last.ckpt``, the last checkpointed epoch
+end. After SIGKILL (no handler runs) the rerun resumes the same way.
 
 Outputs: ``--out`` (init and trained student backbones as timm-loadable safetensors, the
 resolved configuration), ``--checkpoints`` (resumable full checkpoint), ``--live`` (dvclive

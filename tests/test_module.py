@@ -308,6 +308,29 @@ def test_state_dict_holds_networks_and_the_checkpoint_the_per_rank_queue(
         make_module(tiny, world_size=2).on_load_checkpoint(ckpt)
 
 
+def test_each_rank_restores_its_own_queue_and_stream(
+    tiny: TinySetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-process checkpoint holds (rank, ...) stacks; rank 1 takes row 1 (a view at an
+    offset into the stack, which Generator.set_state must not be given as is)."""
+    a, b = make_module(tiny, world_size=2), make_module(tiny, world_size=2)
+    b.generator.manual_seed(reference_seed(SEED, 1))
+    assert a.queue is not None and b.queue is not None
+    b.queue.push(0, torch.ones(5, 16))
+    states = [m.queue.state_dict() for m in (a, b)]  # type: ignore[union-attr]
+    ckpt: dict[str, Any] = {
+        "neco_world_size": 2,
+        "neco_generator_states": torch.stack([a.generator.get_state(), b.generator.get_state()]),
+        "neco_queue": {k: torch.stack([states[0][k], states[1][k]]) for k in states[0]},
+    }
+    monkeypatch.setattr(NeCoModule, "global_rank", property(lambda self: 1))
+    fresh = make_module(tiny, world_size=2)
+    fresh.on_load_checkpoint(ckpt)
+    assert torch.equal(fresh.generator.get_state(), b.generator.get_state())
+    assert fresh.queue is not None and fresh.queue.filled.tolist() == [5, 0]
+    assert torch.equal(fresh.queue.banks, b.queue.banks)
+
+
 def test_world_size_splits_the_queue_and_the_reference_streams(tiny: TinySetup) -> None:
     """world = devices x nodes: queue_length // world rows per device (official), and rank 0
     keeps the single-process reference stream (seed + 1) while other ranks get their own."""

@@ -162,3 +162,42 @@ def test_exp_run_with_unavailable_backbone_weights_fails_fast(repo: Path, tmp_pa
     assert "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth" in out
     assert "train.weights" in out and "Traceback" not in out
     assert elapsed < 5.0, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_in_parallel_and_keep_their_models(repo: Path) -> None:
+    """`dvc exp run --queue` x2 + `dvc queue start -j 2`: two isolated workspaces, nothing
+    written to shared paths outside them, and each experiment's models (student and teacher)
+    come back with `dvc exp apply` (they are DVC outputs, not a side directory)."""
+    cache_home = Path(os.environ["XDG_CACHE_HOME"])
+    before = sorted(p for p in cache_home.rglob("*") if p.is_file()) if cache_home.exists() else []
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "before queue", "--allow-empty"], repo)
+    for name, lr in (("q-a", "0.002"), ("q-b", "0.004")):
+        _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr_heads={lr}"], repo)
+    _run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.time() + 1200
+    while time.time() < deadline:
+        status = _run(["dvc", "queue", "status"], repo)
+        if not any(s in status for s in ("Queued", "Running")):
+            break
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
+    finals = {}
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            for executed in exp.get("revs", []):
+                name = executed.get("name")
+                data = executed.get("data", {})
+                metrics = data.get("metrics", {}).get("reports/metrics.json", {}).get("data", {})
+                if name in ("q-a", "q-b"):
+                    finals[name] = metrics.get("train.final_loss")
+    assert set(finals) == {"q-a", "q-b"} and finals["q-a"] != finals["q-b"], finals
+    after = sorted(p for p in cache_home.rglob("*") if p.is_file()) if cache_home.exists() else []
+    assert after == before, "queued experiments wrote to a shared cache outside the workspaces"
+    _run(["dvc", "exp", "apply", "q-b"], repo)
+    for name in ("student_backbone.safetensors", "teacher_backbone.safetensors"):
+        assert (repo / "models" / "neco" / name).is_file(), name
+    applied = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert applied["train.final_loss"] == finals["q-b"]

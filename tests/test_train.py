@@ -272,3 +272,16 @@ def test_slurm_uses_lightnings_environment_without_auto_requeue(
     monkeypatch.setenv("SLURM_JOB_NAME", "neco")
     (env,) = cluster_plugins()
     assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+
+
+def test_teacher_is_exported_next_to_the_student(tiny: TinySetup) -> None:
+    """The EMA teacher is a DVC output too (queued experiments discard the checkpoint dir)."""
+    run(tiny, "teacher")
+    out = tiny.root / "teacher" / "out"
+    teacher = load_file(str(out / "teacher_backbone.safetensors"))
+    ckpt = torch.load(tiny.root / "teacher" / "ckpt" / "final.ckpt", map_location="cpu",
+                      weights_only=False)
+    expected = {k[len("teacher.backbone.vit."):]: v for k, v in ckpt["state_dict"].items()
+                if k.startswith("teacher.backbone.vit.")}
+    assert teacher.keys() == expected.keys()
+    assert all(torch.equal(teacher[k], expected[k]) for k in teacher)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.fixtures.tiny_training import build_tiny, git_repo
 
@@ -67,3 +70,56 @@ def test_train_stage_with_two_ddp_processes(tmp_path: Path) -> None:
             assert gap > 1e-4, (step, bank)
     states = final["neco_generator_states"]
     assert states.shape[0] == 2 and not torch.equal(states[0], states[1])  # per-rank streams
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_then_resume_is_exact(tmp_path: Path) -> None:
+    """2 ranks, SIGTERM to the launching rank inside epoch 1: every rank stops (exit 143),
+    last.ckpt holds both ranks' queues and streams, and the rerun ends bit-identical to an
+    uninterrupted 2-rank run."""
+    tiny = build_tiny(tmp_path / "tiny")
+    params = tiny.with_params("ddp", {"train.devices": 2, "train.strategy": "ddp"})
+    work = git_repo(tmp_path / "work")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    init = tmp_path / "init"
+    subprocess.run([sys.executable, "-m", "stages.weights", "--params", str(params),
+                    "--out", str(init)], cwd=work, env=env, check=True, capture_output=True)
+
+    def args(tag: str) -> list[str]:
+        d = tmp_path / tag
+        return ["--params", str(params), "--dataset", "synthetic", "--data", str(tiny.prepared),
+                "--manifest", str(tiny.manifest),
+                "--init", str(init / "init_backbone.safetensors"), "--out", str(d / "models"),
+                "--checkpoints", str(d / "ckpt"), "--live", str(d / "live")]
+
+    def stage(tag: str, *, slow: bool = False) -> subprocess.Popen[str]:
+        head = ["-m", "tests.fixtures.tiny_training"] if slow else ["-m", "stages.train"]
+        return subprocess.Popen([sys.executable, *head, *args(tag)], cwd=work, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    ref = stage("ref")
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-3000:]
+
+    proc = stage("cut", slow=True)
+    last = tmp_path / "cut" / "ckpt" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert "[train] training interrupted by SIGTERM" in err
+    assert not (tmp_path / "cut" / "models" / "student_backbone.safetensors").exists()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 and ckpt["neco_queue"]["banks"].shape[0] == 2
+
+    rerun = stage("cut")
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    assert "resuming from" in err
+    a = load_file(str(tmp_path / "ref" / "models" / "student_backbone.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "models" / "student_backbone.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

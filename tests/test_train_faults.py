@@ -420,3 +420,37 @@ def test_changed_inputs_do_not_resume(
     summary = tiny.run(tag, images=images(), init=init)
     assert summary["resumed"] is False and summary["steps"] == STEPS
     assert not (tiny.dirs(tag)["ckpt"] / "last.ckpt").exists()
+
+
+def test_live_directory_is_trimmed_to_the_resumed_step(tmp_path: Path) -> None:
+    """Rows of the interrupted epoch go (the resumed run logs them again), a row cut short by a
+    kill goes, and an unreadable dvclive metrics.json is removed; the rest is untouched."""
+    plots = tmp_path / "plots" / "metrics" / "train"
+    plots.mkdir(parents=True)
+    (plots / "loss.tsv").write_text("step\tloss\n1\t3.0\n2\t2.9\n3\t2.8\n4\t2.7\n5\t2.")
+    (plots / "epoch_loss.tsv").write_text("step\tepoch_loss\n3\t2.9\n")
+    (tmp_path / "metrics.json").write_text('{"train": {"loss": 2.')
+    resume_mod.prepare_live_resume(tmp_path, 3)
+    assert (plots / "loss.tsv").read_text() == "step\tloss\n1\t3.0\n2\t2.9\n3\t2.8\n"
+    assert (plots / "epoch_loss.tsv").read_text() == "step\tepoch_loss\n3\t2.9\n"
+    assert not (tmp_path / "metrics.json").exists()
+    (tmp_path / "metrics.json").write_text('{"step": 5}')
+    resume_mod.prepare_live_resume(tmp_path, 3)
+    assert (tmp_path / "metrics.json").read_text() == '{"step": 5}'
+
+
+def test_a_signal_before_training_starts_stops_at_once(tmp_path: Path) -> None:
+    """While the inputs are hashed and the Trainer is built (before Lightning's own handler),
+    SIGTERM/SIGINT raise TrainingInterrupted at once; restore() hands the signals back."""
+    from neco.train.run import TrainingInterrupted, _EarlySignals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        early = _EarlySignals(tmp_path)
+        early.install()
+        with pytest.raises(TrainingInterrupted) as info:
+            signal.raise_signal(signum)
+            time.sleep(1)  # the handler runs between bytecodes
+        assert info.value.exit_code == 128 + signum and "before it started" in str(info.value)
+        early.restore()
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

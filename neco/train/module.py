@@ -174,6 +174,10 @@ class NeCoModule(pl.LightningModule):
     def student_backbone(self) -> Backbone:
         return self.student["backbone"]  # type: ignore[return-value]
 
+    @property
+    def teacher_backbone(self) -> Backbone:
+        return self.teacher["backbone"]  # type: ignore[return-value]
+
     def set_total_steps(self, total: int) -> None:
         """Length T of every schedule (``iters_per_epoch × epochs``)."""
         self.total_steps = max(1, int(total))
@@ -368,7 +372,8 @@ class NeCoModule(pl.LightningModule):
                 "(train.devices x train.num_nodes): its per-rank queues cannot be restored"
             )
         rank = int(self.global_rank)
-        self.generator.set_state(checkpoint["neco_generator_states"][rank].cpu().contiguous())
+        # clone: a row of the (world, n) tensor is a view at an offset, which set_state misreads
+        self.generator.set_state(checkpoint["neco_generator_states"][rank].cpu().clone())
         self._reference_rank = rank
         if self.queue is not None:
             self.queue.load_state_dict({k: v[rank] for k, v in checkpoint["neco_queue"].items()})

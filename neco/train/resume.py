@@ -44,8 +44,9 @@ FINAL = "final.ckpt"
 MARK = "last.fingerprint"
 CORRUPT_SUFFIX = ".corrupt"
 RESUME_KEY = "neco_resume_key"
-#: what a Lightning fit checkpoint must hold to be resumed from
-REQUIRED_KEYS = ("state_dict", "optimizer_states", "loops", "global_step", "epoch", RESUME_KEY)
+#: what a Lightning fit checkpoint holds (the resume key is checked separately: an older
+#: version of this stage wrote readable checkpoints without one)
+REQUIRED_KEYS = ("state_dict", "optimizer_states", "loops", "global_step", "epoch")
 
 
 # ---- atomic writes -------------------------------------------------------------------------
@@ -111,21 +112,22 @@ def checkpoint_problem(path: Path) -> tuple[str | None, dict[str, Any]]:
     """
     try:
         if not zipfile.is_zipfile(path):
-            return "not a complete zip archive (truncated, e.g. by a full disk or a kill)", {}
+            return "it is not a complete zip archive (truncated, e.g. by a full disk)", {}
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
         if bad is not None:
-            return f"member {bad!r} fails its CRC-32 check (corrupted bytes)", {}
+            return f"its member {bad!r} fails the CRC-32 check (corrupted bytes)", {}
         # our own file (written by this stage), so unpickling it is trusted
         ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # zipfile.BadZipFile, OSError, RuntimeError, UnpicklingError ...
-        return f"cannot be read: {type(err).__name__}: {' '.join(str(err).split())[:300]}", {}
+        return f"it cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:300]})", {}
     if not isinstance(ckpt, dict):
-        return f"holds a {type(ckpt).__name__}, not a Lightning checkpoint", {}
+        return f"it holds a {type(ckpt).__name__}, not a Lightning checkpoint", {}
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        return f"is not a resumable checkpoint of this stage (missing {missing})", {}
-    meta = {k: ckpt[k] for k in ("global_step", "epoch", RESUME_KEY)}
+        return f"it is not a Lightning training checkpoint (missing {missing})", {}
+    meta = {"global_step": ckpt["global_step"], "epoch": ckpt["epoch"],
+            RESUME_KEY: ckpt.get(RESUME_KEY)}
     del ckpt
     return None, meta
 
@@ -143,9 +145,11 @@ def image_files_digest(ids: Sequence[str], paths: Sequence[Path], *, threads: in
     which is seconds to a minute on local disks against hours of training, and the page cache
     serves the other DDP ranks of a node.
     """
-    workers = threads or min(32, (os.cpu_count() or 1) + 4)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads or min(32, (os.cpu_count() or 1) + 4))
+    try:
         digests = list(pool.map(sha256_file, paths))
+    finally:  # an exception (a signal's) must not wait for the queued files
+        pool.shutdown(wait=True, cancel_futures=True)
     h = hashlib.sha256()
     for image_id, digest in zip(ids, digests, strict=True):
         h.update(f"{image_id}\t{digest}\n".encode())
@@ -195,12 +199,10 @@ class ResumeDecision:
     reason: str = ""
     step: int | None = None
 
-    def as_tuple(self) -> tuple[str | None, str | None, str | None]:
-        """Comparable across processes (DDP ranks must agree)."""
-        def name(p: Path | None) -> str | None:
-            return None if p is None else str(p)
-
-        return name(self.resume), name(self.discard), name(self.corrupt)
+    def as_tuple(self) -> tuple[bool, bool, bool, int | None]:
+        """Comparable across processes (DDP ranks must agree; paths may be mounted elsewhere)."""
+        return (self.resume is not None, self.discard is not None, self.corrupt is not None,
+                self.step)
 
 
 def decide_resume(checkpoint_dir: Path, key: str) -> ResumeDecision:
@@ -210,7 +212,7 @@ def decide_resume(checkpoint_dir: Path, key: str) -> ResumeDecision:
         return ResumeDecision(None, reason="no checkpoint to resume from")
     problem, meta = checkpoint_problem(ckpt)
     if problem is not None:
-        return ResumeDecision(None, corrupt=ckpt, reason=f"{ckpt} {problem}")
+        return ResumeDecision(None, corrupt=ckpt, reason=problem)
     if meta[RESUME_KEY] != key:
         return ResumeDecision(
             None,
@@ -238,8 +240,8 @@ def apply_decision(decision: ResumeDecision, checkpoint_dir: Path, key: str) -> 
         with contextlib.suppress(FileNotFoundError):
             os.replace(decision.corrupt, aside)
         log.warning(
-            "checkpoint %s is unusable and was moved to %s; training starts from scratch",
-            decision.reason, aside,
+            "checkpoint %s is unusable, %s: moved it to %s; training starts from scratch",
+            decision.corrupt, decision.reason, aside,
         )
     elif decision.discard is not None:
         log.info("%s; training starts from scratch", decision.reason)
@@ -249,24 +251,38 @@ def apply_decision(decision: ResumeDecision, checkpoint_dir: Path, key: str) -> 
     write_text(checkpoint_dir / MARK, key + "\n")
 
 
-def truncate_step_plots(live_dir: Path, last_step: int) -> None:
-    """Drop dvclive plot rows logged after ``last_step`` (an interrupted attempt's partial epoch).
+def prepare_live_resume(live_dir: Path, last_step: int) -> None:
+    """Make an interrupted attempt's dvclive directory fit a resume from ``last_step``.
 
-    The resumed run logs those steps again; without this they would appear twice in the curves.
-    Rows are ``step<TAB>value`` TSVs under ``live_dir/plots/metrics`` (steps are 1-based
-    optimiser steps, ``neco.train.run``'s ``StepLogger``).
+    * Plot rows logged after ``last_step`` (the interrupted epoch) are dropped: the resumed run
+      logs those steps again, and they would appear twice in the curves. Rows are
+      ``step<TAB>value`` TSVs under ``live_dir/plots/metrics`` (1-based optimiser steps,
+      ``neco.train.run``'s ``StepLogger``); a row cut short by a kill is dropped with them.
+    * dvclive's ``metrics.json``, which ``Live(resume=True)`` reads, is removed when a kill
+      left it unreadable (it is rewritten at the next step).
     """
     plots = live_dir / "plots" / "metrics"
-    if not plots.is_dir():
-        return
-    for tsv in sorted(plots.rglob("*.tsv")):
+    for tsv in sorted(plots.rglob("*.tsv")) if plots.is_dir() else []:
         lines = tsv.read_text().splitlines(keepends=True)
-        if not lines:
+        if not lines or "step" not in lines[0].rstrip("\n").split("\t"):
             continue
         header, rows = lines[0], lines[1:]
-        col = header.rstrip("\n").split("\t").index("step") if "step" in header else None
-        if col is None:
-            continue
-        kept = [r for r in rows if r.strip() and int(float(r.split("\t")[col])) <= last_step]
+        col = header.rstrip("\n").split("\t").index("step")
+        kept = [r for r in rows if r.endswith("\n") and _step(r, col) <= last_step]
         if len(kept) != len(rows):
             write_text(tsv, "".join([header, *kept]))
+    metrics = live_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            json.loads(metrics.read_text())
+        except ValueError as err:  # a partial write: JSONDecodeError, UnicodeDecodeError
+            log.info("removing %s, unreadable after the interruption (%s)", metrics, err)
+            metrics.unlink()
+
+
+def _step(row: str, col: int) -> float:
+    """The step of a TSV row (``inf`` when it is not a number, so the row is dropped)."""
+    try:
+        return float(row.split("\t")[col])
+    except (IndexError, ValueError):
+        return float("inf")

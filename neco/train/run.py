@@ -65,8 +65,8 @@ from neco.train.resume import (
     checkpoint_problem,
     decide_resume,
     input_digests,
+    prepare_live_resume,
     resume_key,
-    truncate_step_plots,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ def config_fingerprint(obj: Any) -> str:
 
 
 #: outputs that only a completed run writes (removed when a run starts)
-COMPLETE_OUTPUTS = ("student_backbone.safetensors", "resolved_config.json")
+COMPLETE_OUTPUTS = (
+    "student_backbone.safetensors", "teacher_backbone.safetensors", "resolved_config.json"
+)
 SUMMARY = "summary.json"
 
 
@@ -99,11 +101,21 @@ class TrainingInterrupted(Exception):
         self.report = report
 
 
-def _interrupted(signum: int, checkpoint_dir: Path, report: bool) -> TrainingInterrupted:
+def _interrupted(
+    signum: int, checkpoint_dir: Path, report: bool, key: str | None
+) -> TrainingInterrupted:
+    """The exception for ``signum``; ``key`` None = before training started."""
     name = signal.Signals(signum).name
+    if key is None:
+        return TrainingInterrupted(
+            signum,
+            f"training interrupted by {name} before it started: nothing was trained or "
+            "written; rerun the same command",
+            report=report,
+        )
     ckpt = checkpoint_dir / LAST
     problem, meta = checkpoint_problem(ckpt) if report and ckpt.is_file() else ("absent", {})
-    if problem is None:
+    if problem is None and meta[RESUME_KEY] == key:
         where = (
             f"{ckpt} holds the state after optimiser step {meta['global_step']} (an epoch end); "
             "rerun the same command (or `dvc repro train`) to resume from it"
@@ -116,6 +128,30 @@ def _interrupted(signum: int, checkpoint_dir: Path, report: bool) -> TrainingInt
     return TrainingInterrupted(signum, f"training interrupted by {name}: {where}", report=report)
 
 
+class _EarlySignals:
+    """Until Lightning's own SIGTERM handling takes over (``on_fit_start``): SIGTERM and SIGINT
+    raise :class:`TrainingInterrupted` at once (nothing is trained or written yet; hashing the
+    training set can take a while). Main thread only; :meth:`restore` is idempotent."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.restore()
+        raise _interrupted(signum, self.checkpoint_dir, is_rank_zero(), None)
+
+    def restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+
 class _RunGuard(Callback):
     """Resume bookkeeping and graceful interruption, inside the launched processes.
 
@@ -124,6 +160,8 @@ class _RunGuard(Callback):
       on it (:func:`neco.train.resume.apply_decision`), trims the dvclive curves of a resumed
       run to the checkpoint's step and exports the initial backbone when there is no ``--init``.
     * ``on_save_checkpoint``: stores the resume key in every checkpoint.
+    * ``on_fit_start``: hands SIGTERM/SIGINT from :class:`_EarlySignals` to Lightning (which
+      registers its SIGTERM handler right after, composing it with any handler still set).
     * ``on_train_start`` .. end: SIGINT is turned into Lightning's graceful SIGTERM stop (the
       first Ctrl+C finishes the step and leaves ``last.ckpt``; a second one aborts at once).
     """
@@ -136,12 +174,14 @@ class _RunGuard(Callback):
         decision: ResumeDecision,
         live_dir: Path,
         init_export: Path | None,
+        early: _EarlySignals,
     ) -> None:
         self.checkpoint_dir = checkpoint_dir
         self.key = key
         self.decision = decision
         self.live_dir = live_dir
         self.init_export = init_export
+        self.early = early
         self.signum: int | None = None
         self._previous_sigint: Any = None
         self._sigint_installed = False
@@ -157,7 +197,7 @@ class _RunGuard(Callback):
         if trainer.is_global_zero:
             apply_decision(self.decision, self.checkpoint_dir, self.key)
             if self.decision.step is not None:
-                truncate_step_plots(self.live_dir, self.decision.step)
+                prepare_live_resume(self.live_dir, self.decision.step)
             if self.init_export is not None:
                 assert isinstance(pl_module, NeCoModule)
                 self.init_export.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +207,9 @@ class _RunGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[RESUME_KEY] = self.key
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.early.restore()
 
     # Lightning registers its SIGTERM handler just before the fit loop runs (after on_fit_start)
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -187,7 +230,8 @@ class _RunGuard(Callback):
 
     def restore_signals(self) -> None:
         if self._sigint_installed:
-            signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+            previous = self._previous_sigint
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
             self._sigint_installed = False
 
 
@@ -293,6 +337,36 @@ def run_training(
         ) -> None:
             super().log_metrics(metrics, None if step is None else step + 1, sync)
 
+    early = _EarlySignals(checkpoint_dir)
+    early.install()
+    try:
+        return _run(
+            early, seed=seed, train=train, crops=crops, images=images,
+            manifest_path=manifest_path, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
+            live_dir=live_dir, runtime=runtime, init_weights=init_weights,
+            timings_path=timings_path, logger_cls=StepLogger,
+        )
+    finally:
+        early.restore()
+
+
+def _run(
+    early: _EarlySignals,
+    *,
+    seed: int,
+    train: TrainConfig,
+    crops: CropConfig,
+    images: Any,
+    manifest_path: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    live_dir: Path,
+    runtime: RuntimeConfig,
+    init_weights: Path | None,
+    timings_path: Path | None,
+    logger_cls: Any,
+) -> dict[str, Any]:
+    """:func:`run_training`'s body (``early`` holds the signals until Lightning takes over)."""
     # processes that share the global batch (1 CPU process unless devices x num_nodes > 1)
     world = _check_hardware(train)
     resolved = resolve_train_config(train, crops)
@@ -334,6 +408,7 @@ def run_training(
         decision=decision,
         live_dir=live_dir,
         init_export=out_dir / "init_backbone.safetensors" if init_weights is None else None,
+        early=early,
     )
 
     ckpt_cb = ModelCheckpoint(
@@ -346,7 +421,7 @@ def run_training(
         enable_version_counter=False,
     )
     timer = StepTimer(int(values["batch_size"]))
-    logger = StepLogger(
+    logger = logger_cls(
         dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=resume is not None, report=None
     )
     trainer = pl.Trainer(
@@ -383,7 +458,7 @@ def run_training(
         signum = guard.signum or (
             signal.SIGTERM if isinstance(exc, SIGTERMException) else signal.SIGINT
         )
-        raise _interrupted(signum, checkpoint_dir, trainer.is_global_zero) from None
+        raise _interrupted(signum, checkpoint_dir, trainer.is_global_zero, key) from None
     finally:
         guard.restore_signals()
     wall = time.perf_counter() - t0
@@ -396,6 +471,9 @@ def run_training(
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         export_backbone(module.student_backbone, out_dir / "student_backbone.safetensors")
+        # The EMA teacher too (the release ships both): in a queued or temporary experiment
+        # workspace the checkpoint directory is thrown away, the DVC output is not.
+        export_backbone(module.teacher_backbone, out_dir / "teacher_backbone.safetensors")
         resolved_out = {**resolved, "fingerprint": fingerprint, "steps_per_epoch": steps_per_epoch}
         write_json(out_dir / "resolved_config.json", resolved_out)
         losses = module.loss_history
