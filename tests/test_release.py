@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-#: /tmp/neco_release.md (the NeCo README table): name -> (backbone, file stem, architecture).
+#: The NeCo README table (vpariza/NeCo @ 3932160): name -> (backbone, file stem, architecture).
 EXPECTED = {
     "dinov2_vits14": ("dinov2_vits14", "vit-small/dinov2-architectures/neco_on_dinov2_vit14",
                       "dinov2"),
