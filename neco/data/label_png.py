@@ -99,20 +99,27 @@ def check_label_values(
         )
 
 
+def _image_hw(path: Path, *, decode: bool) -> tuple[int, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if decode:
+                img.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ...
+        what = "decode image (corrupt or truncated?)" if decode else "read image header"
+        raise DataError(f"{path}: cannot {what}: {err}") from err
+    return h, w
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file, read from its header only.
 
     Raises:
         FileNotFoundError / DataError: naming the file.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except Exception as err:
-        raise DataError(f"{path}: cannot read image header: {err}") from err
-    return h, w
+    return _image_hw(path, decode=False)
 
 
 def decode_image(path: Path) -> tuple[int, int]:
@@ -124,15 +131,7 @@ def decode_image(path: Path) -> tuple[int, int]:
     Raises:
         FileNotFoundError / DataError: naming the file.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            img.load()
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ...
-        raise DataError(f"{path}: cannot decode image (corrupt or truncated?): {err}") from err
-    return h, w
+    return _image_hw(path, decode=True)
 
 
 def decode_images(paths: Sequence[Path], *, workers: int | None = None) -> list[tuple[int, int]]:

@@ -53,10 +53,13 @@ def load_features(path: Path, *, ids: list[str], input_size: int) -> torch.Tenso
 
 
 def load_features_meta(path: Path) -> dict[str, Any]:
-    """The settings and provenance stored next to cached tokens (see :func:`save_features`)."""
+    """The settings and provenance stored next to cached tokens (see :func:`save_features`).
+
+    Memory-mapped: the tokens (GBs at paper scale) are not read just to get the metadata.
+    """
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: cached features not found (written by the features@<dataset> stage)"
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return dict(blob["meta"])
