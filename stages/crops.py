@@ -25,13 +25,12 @@ PARAMS = ["seed", "data.train", "crops", "train.backbone", "train.epochs"]
 
 
 def _resolved(params: Path) -> tuple[int, CropConfig, dict[str, Any]]:
-    from neco.config import TrainConfig, load_section, load_value
-    from neco.models.recipes import resolve_train_config  # the train stage's own resolution
+    from neco.config import load_value
+    from neco.models.recipes import load_training  # the train stage's own resolution
 
     seed = load_value(params, "seed", int)
-    crops = load_section(params, "crops", CropConfig)
-    train = load_section(params, "train", TrainConfig)
-    return seed, crops, resolve_train_config(train, crops)["values"]
+    _, crops, resolution = load_training(params)
+    return seed, crops, resolution.values
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,9 @@
 """Stage `eval@<protocol>-<dataset>`: one protocol on one dataset for every eval model.
 
 Writes ``reports/metrics/<protocol>/<dataset>.json`` and one example figure; the protocol itself
-is :func:`neco.evals.run.evaluate`.
+is :func:`neco.evals.run.evaluate`. The eval models are ``eval.models`` plus, for a backbone with a
+paper baseline (``dinov2_vit{s,b}14_xr``), the ``baseline`` model
+(:func:`neco.evals.models.eval_models`; it depends on ``train.backbone``, already declared).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neco.config import EvalConfig, RuntimeConfig, TrainConfig, load_section, load_value
+from neco.config import RuntimeConfig, load_section, load_value
+from neco.models.recipes import load_eval
 
 PARAMS = [
     "seed",
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         "--data", type=Path, required=True, help="prepared dataset tree of --dataset's source"
     )
     parser.add_argument(
-        "--init", type=Path, required=True, help="weights stage output (init model)"
+        "--init", type=Path, required=True, help="weights stage output (init and baseline models)"
     )
     parser.add_argument(
         "--models", type=Path, required=True, help="train stage output (neco model)"
@@ -47,15 +50,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     seed = load_value(args.params, "seed", int)
-    train = load_section(args.params, "train", TrainConfig)
-    ev = load_section(args.params, "eval", EvalConfig)
+    train, ev = load_eval(args.params)  # recipe and paper-per-backbone values filled
     runtime = load_section(args.params, "runtime", RuntimeConfig)
 
     from neco.evals.run import evaluate
+    from neco.show import stage_config_record
+
+    config = stage_config_record(args.params, f"eval_{args.protocol}@{args.dataset}")
 
     evaluate(args.protocol, args.dataset, seed=seed, train=train, ev=ev, data_root=args.data,
              init_dir=args.init, models_dir=args.models, features_dir=args.features, out=args.out,
-             figure=args.figure, runtime=runtime, timings=args.timings)
+             figure=args.figure, runtime=runtime, timings=args.timings,
+             config=config)
 
 
 if __name__ == "__main__":

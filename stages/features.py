@@ -2,7 +2,9 @@
 
 The linear probe (validation every epoch) and clustering both read these; Hummingbird reads them
 too when its input size equals ``eval.features.input_size``. Augmented train/memory features
-cannot be cached (they change every epoch) and are computed live by the eval stages.
+cannot be cached (they change every epoch) and are computed live by the eval stages. The models
+are ``eval.models`` plus the paper's ``baseline`` where the backbone has one
+(:func:`neco.evals.models.eval_models`): ``<out>/baseline.pt``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from neco.config import EvalConfig, RuntimeConfig, TrainConfig, load_section
+from neco.config import RuntimeConfig, load_section
+from neco.models.recipes import load_eval
 
 PARAMS = [
     "train.backbone",
@@ -32,14 +35,13 @@ def main(argv: list[str] | None = None) -> None:
         "--data", type=Path, required=True, help="prepared dataset tree of --dataset's source"
     )
     parser.add_argument(
-        "--init", type=Path, required=True, help="weights stage output (init model)"
+        "--init", type=Path, required=True, help="weights stage output (init and baseline models)"
     )
     parser.add_argument("--models", type=Path, required=True, help="train stage output dir")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
-    train = load_section(args.params, "train", TrainConfig)
-    ev = load_section(args.params, "eval", EvalConfig)
+    train, ev = load_eval(args.params)  # recipe and paper-per-backbone values filled
     runtime = load_section(args.params, "runtime", RuntimeConfig)
 
     from neco.evals.features import cache_features

@@ -3,6 +3,10 @@
 Runs on every `dvc repro` (``always_changed``), so that overwriting such a file re-runs exactly
 the stages that read it; see :mod:`neco.models.refs`. Offline, a `neco_release:` checkpoint that
 is not in the hub cache fails here within seconds, naming the file and how to place it.
+
+Being the pipeline's first stage, it also prints the run's plan (``python -m neco show-config
+--plan``: downloads, disk, optimiser steps, estimated GPU hours per stage) before anything heavy
+starts. The plan is information only: it is not an output and cannot fail the stage.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     train = load_subset(args.params, "train", TrainRefParams)
     ev = load_subset(args.params, "eval", EvalRefParams)
+    _print_plan(args.params)
 
     from neco.io import write_json
     from neco.models.refs import eval_checkpoint_ref, train_weights_ref
@@ -33,6 +38,20 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.eval_checkpoint, eval_checkpoint_ref(
         ev.checkpoint, checkpoint_key=ev.checkpoint_key, revision=ev.release_revision))
     print(f"[refs] train.weights={train.weights}, eval.checkpoint={ev.checkpoint}")
+
+
+def _print_plan(params: Path) -> None:
+    try:
+        from neco.show import load_resolved, plan, render_plan
+
+        resolved = load_resolved(params)
+        text = render_plan(plan(resolved))
+    except Exception as err:  # the plan is advice; the stages that need the values check them
+        print(f"[refs] no plan: {type(err).__name__}: {err}", flush=True)
+        return
+    print(f"[refs] {resolved.summary}", flush=True)
+    for line in text.splitlines():
+        print(f"[refs] {line}", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,8 @@ import logging
 import sys
 from pathlib import Path
 
-from neco.config import DataConfig, RuntimeConfig, TrainConfig, load_section, load_value
-from neco.config.method import CropConfig
+from neco.config import DataConfig, RuntimeConfig, load_section, load_value
+from neco.models.recipes import load_training
 
 PARAMS = ["seed", "data.train", "crops", "train"]
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
 
     seed = load_value(args.params, "seed", int)
     data = load_section(args.params, "data", DataConfig)
-    train = load_section(args.params, "train", TrainConfig)
-    crops = load_section(args.params, "crops", CropConfig)
+    train, crops, resolution = load_training(args.params)  # null recipe keys filled
+    print(f"[train] {resolution.summary_line()}", flush=True)
     runtime = load_section(args.params, "runtime", RuntimeConfig)
     if data.train != args.dataset:
         raise SystemExit(f"--dataset {args.dataset!r} disagrees with data.train={data.train!r}")
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             runtime=runtime,
             init_weights=args.init,
             timings_path=args.timings,
+            resolution=resolution,
         )
     except TrainingInterrupted as stop:
         if stop.report:

@@ -4,6 +4,10 @@ Resolves ``train.backbone``'s weights once (downloading official files into
 ``train.weights_cache``), loads them strictly through the backbone's key map and writes the
 initial backbone as a timm-loadable safetensors file. Training starts from it and the eval stages
 evaluate it as the ``init`` model, so the baseline is exactly the student's starting point.
+Where the registry names a paper baseline (``dinov2_vit{s,b}14_xr``: the hub register model
+``dinov2_vit{s,b}14_reg``, method.md §13), the same source file is also loaded strictly through
+the baseline's key map (registers kept) and written as ``baseline_backbone.safetensors``, the
+``baseline`` eval model; ``weights.json`` records both load reports.
 Offline, it fails within seconds (before torch is imported) naming the URL and ``train.weights``.
 """
 
@@ -12,9 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from neco.config import load_subset, load_value
-from neco.models.init_weights import WeightsParams, initial_weights_source
+from neco.models.init_weights import (
+    BASELINE_FILE,
+    INIT_FILE,
+    WeightsParams,
+    baseline_backbone,
+    baseline_weights_source,
+    initial_weights_source,
+)
 
 PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache"]
 
@@ -30,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     params = load_subset(args.params, "train", WeightsParams)
     progress = load_value(args.params, "runtime.progress", bool)
     source = initial_weights_source(params, progress=progress)  # fast offline failure
+    baseline_source = baseline_weights_source(params, source)  # fails before torch, too
+    baseline = baseline_backbone(params.backbone)
 
     from neco.io import write_json
     from neco.models.export import export_backbone
@@ -37,10 +51,19 @@ def main(argv: list[str] | None = None) -> None:
 
     backbone = build_backbone(params.backbone, weights=source, cache_dir=None, drop_path_rate=0.0,
                               pos_embed_interp="official", seed=seed)
-    export_backbone(backbone, args.out / "init_backbone.safetensors", record_pos_embed_interp=False)
-    write_json(args.out / "weights.json", {"backbone": params.backbone, "source": source,
-                                           "load_report": backbone.load_report})
-    print(f"[weights] {params.backbone}: {source} -> {args.out / 'init_backbone.safetensors'}")
+    export_backbone(backbone, args.out / INIT_FILE, record_pos_embed_interp=False)
+    record: dict[str, Any] = {"backbone": params.backbone, "source": source,
+                              "load_report": backbone.load_report}
+    print(f"[weights] {params.backbone}: {source} -> {args.out / INIT_FILE}")
+    if baseline is not None and baseline_source is not None:
+        model = build_backbone(baseline, weights=baseline_source, cache_dir=None,
+                               drop_path_rate=0.0, pos_embed_interp="official", seed=seed)
+        export_backbone(model, args.out / BASELINE_FILE, record_pos_embed_interp=False)
+        record["baseline"] = {"backbone": baseline, "file": BASELINE_FILE,
+                              "source": baseline_source, "load_report": model.load_report}
+        print(f"[weights] paper baseline {baseline}: {baseline_source} -> "
+              f"{args.out / BASELINE_FILE}")
+    write_json(args.out / "weights.json", record)
 
 
 if __name__ == "__main__":

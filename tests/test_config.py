@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neco.config import ConfigError, EvalConfig, TrainConfig, load_section, load_value
-from neco.data.registry import validate_params
+from neco.config import ConfigError, EvalConfig, load_section, load_value
+from neco.models.recipes import load_training
+from neco.show import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def _write(tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
 
 
 def test_default_params_load() -> None:
-    train = load_section(ROOT / "params.yaml", "train", TrainConfig)
+    train = load_training(ROOT / "params.yaml")[0]
     assert train.backbone == "vit_tiny_demo"
     assert train.loss.sort_network.value == "bitonic"
     assert load_value(ROOT / "params.yaml", "seed", int) == 400
@@ -33,25 +34,25 @@ def test_default_params_load() -> None:
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda p: p["train"]["loss"].update(n_ref=3))
     with pytest.raises(ConfigError, match=r"train\.loss\.n_ref"):
-        load_section(path, "train", TrainConfig)
+        load_training(path)[0]
 
 
 def test_wrong_type_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda p: p["train"].update(lr_heads="fast"))
     with pytest.raises(ConfigError, match=r"train\.lr_heads.*fast"):
-        load_section(path, "train", TrainConfig)
+        load_training(path)[0]
 
 
 def test_missing_value_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda p: p["train"]["head"].pop("out_dim"))
-    with pytest.raises(ConfigError, match=r"train\.head\.out_dim.*missing"):
-        load_section(path, "train", TrainConfig)
+    with pytest.raises(ConfigError, match=r"missing key 'train\.head\.out_dim'"):
+        load_training(path)[0]
 
 
 def test_bad_enum_value_lists_choices(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda p: p["train"]["loss"].update(sort_network="bubble"))
     with pytest.raises(ConfigError, match=r"train\.loss\.sort_network.*bubble.*bitonic.*odd_even"):
-        load_section(path, "train", TrainConfig)
+        load_training(path)[0]
 
 
 def test_unknown_key_in_archive_block_is_named(tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ def test_scalar_type_and_bad_yaml(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: cannot parse YAML"):
-        load_section(bad, "train", TrainConfig)
+        load_training(bad)[0]
 
 
 def test_sources_must_have_blocks(tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_sources_must_have_blocks(tmp_path: Path) -> None:
 
 
 def test_sections_are_frozen() -> None:
-    train = load_section(ROOT / "params.yaml", "train", TrainConfig)
+    train = load_training(ROOT / "params.yaml")[0]
     with pytest.raises(AttributeError):
         train.backbone = "x"  # type: ignore[misc]
 
@@ -102,26 +103,26 @@ def test_unknown_top_level_key_fails_every_load(tmp_path: Path) -> None:
 
     path = _write(tmp_path, lambda p: p.update(trainn={"epochs": 1}))
     loads = [lambda: read_params(path), lambda: load_value(path, "seed", int),
-             lambda: load_section(path, "train", TrainConfig)]
+             lambda: load_training(path)[0]]
     for load in loads:
         with pytest.raises(ConfigError, match=r"params\.yaml: unknown top-level key\(s\) "
                                               r"\['trainn'\]; expected only \['crops', 'data', "
-                                              r"'datasets', 'eval', 'report', 'runtime', "
-                                              r"'seed', 'train'\]"):
+                                              r"'datasets', 'eval', 'preset', 'report', "
+                                              r"'runtime', 'seed', 'train'\]"):
             load()
 
 
 def test_known_top_level_keys_are_one_constant(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A future top-level key (e.g. ``preset``) is added in one place."""
+    """A future top-level key is added in one place."""
     from neco.config import loader
 
-    path = _write(tmp_path, lambda p: p.update(preset="demo"))
-    with pytest.raises(ConfigError, match=r"\['preset'\]"):
+    path = _write(tmp_path, lambda p: p.update(sweep="a"))
+    with pytest.raises(ConfigError, match=r"\['sweep'\]"):
         load_value(path, "seed", int)
-    monkeypatch.setattr(loader, "EXTRA_TOP_LEVEL_KEYS", (*loader.EXTRA_TOP_LEVEL_KEYS, "preset"))
+    monkeypatch.setattr(loader, "EXTRA_TOP_LEVEL_KEYS", (*loader.EXTRA_TOP_LEVEL_KEYS, "sweep"))
     assert load_value(path, "seed", int) == 400
-    assert "preset" in loader.top_level_keys()
+    assert "sweep" in loader.top_level_keys() and "preset" in loader.top_level_keys()
 
 
 def test_reading_params_does_not_import_torch() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neco.config.method import LossConfig, Similarity, SortDistribution
+from neco.config.method import LossConfig, LossImplementation, Similarity, SortDistribution
 from neco.method.loss import loss_from_maps, neco_loss, similarities, validate_loss_config
 from neco.method.references import ReferenceQueue
 from neco.method.roi import align_pairs, pair_order
@@ -40,6 +40,7 @@ def make_cfg(**over: object) -> LossConfig:
         queue_push_per_image=10,
         crops_for_assign=[0, 1],
         use_teacher=True,
+        implementation=LossImplementation.EXACT,
     )
     base.update(over)
     return LossConfig(**base)  # type: ignore[arg-type]

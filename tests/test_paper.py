@@ -112,6 +112,12 @@ FORMER_PAPER_MODELS = {
     "dino_vits16": ("ViT-S/16", ("DINO",), ("NeCo (init: DINO)", "NeCo on DINO")),
     "timetuning_vits16": ("ViT-S/16", ("TimeT",), ("NeCo (init: TimeT)", "NeCo on TimeT")),
     "leopart_vits16": ("ViT-S/16", ("Leopart",), ("NeCo (init: Leopart)", "NeCo on Leopart")),
+    # added after the baselines check (Table 3 NeCo rows; Table 2 / Figure 2 ViT-B/16 baselines)
+    "ibot_vits16": ("ViT-S/16", ("iBOT",), ("NeCo (init: iBOT)",)),
+    "cribo_vits16": ("ViT-S/16", ("CrIBo",), ("NeCo (init: CrIBo)",)),
+    "dino_vitb16": ("ViT-B/16", ("DINO",), ()),
+    "ibot_vitb16": ("ViT-B/16", ("iBOT",), ()),
+    "cribo_vitb16": ("ViT-B/16", ("CrIBo",), ()),
 }
 
 

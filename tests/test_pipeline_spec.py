@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neco.data.registry import validate_params
+from neco.show import validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,15 +155,22 @@ def test_declared_params_exist_in_params_yaml() -> None:
 
 
 def test_params_yaml_validates_and_every_key_is_commented() -> None:
+    """params.yaml is generated; its source conf/ has a comment on every value line."""
     validate_params(ROOT / "params.yaml")
-    for lineno, line in enumerate((ROOT / "params.yaml").read_text().splitlines(), 1):
+    for path in sorted((ROOT / "conf").rglob("*.yaml")):
+        _every_value_commented(path)
+
+
+def _every_value_commented(path: Path) -> None:
+    name = path.relative_to(ROOT)
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#") or stripped.startswith("- "):
             continue
         # a key line with a value must carry a comment; pure section headers may too
         if re.match(r"^[a-z_0-9]+:\s*\S", stripped) and "#" not in stripped:
             if not stripped.endswith(":"):
-                pytest.fail(f"params.yaml:{lineno}: `{stripped}` has no comment")
+                pytest.fail(f"{name}:{lineno}: `{stripped}` has no comment")
 
 
 def test_metrics_and_plots_declared_at_top_level() -> None:

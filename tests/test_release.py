@@ -18,11 +18,12 @@ import torch
 from official_formats import neco_release_file, to_timm
 
 from neco.cli import run_stage
-from neco.config import EvalConfig, TrainConfig, load_section
+from neco.config import EvalConfig, load_section
 from neco.evals.models import load_eval_backbone, load_for_eval, model_weights_path
 from neco.io import sha256_file
 from neco.models import release as R
 from neco.models.checkpoints import release_arch_of
+from neco.models.recipes import load_training
 from neco.models.registry import BACKBONES, WeightsError
 
 torch.set_num_threads(1)
@@ -76,7 +77,7 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
 
 
 def _configs(backbone: str, checkpoint: str, key: str, revision: str):
-    train = load_section(ROOT / "params.yaml", "train", TrainConfig)
+    train = load_training(ROOT / "params.yaml")[0]
     ev = load_section(ROOT / "params.yaml", "eval", EvalConfig)
     assert ev.release_revision == "main"  # the committed default
     return (

@@ -173,26 +173,40 @@ def _render(entries: list[Any], paper_rows: Any, **kw: Any) -> str:
 
 
 def test_markdown_paper_rows_for_xr_on_voc_linear(paper_rows) -> None:  # type: ignore[no-untyped-def]
+    """XR: the paper's DINOv2R row sits beside our ``baseline`` (the register model), not the
+    XR ``init``, and both Δ rows are NeCo − baseline (tests/test_baselines.py has more)."""
     e = collect(entry("linear", "voc", {"init": linear(0.7412, settings=PAPER_LINEAR),
-                                        "neco": linear(0.80049, settings=PAPER_LINEAR)},
+                                        "neco": linear(0.80049, settings=PAPER_LINEAR),
+                                        "baseline": linear(0.7301, settings=PAPER_LINEAR)},
                       backbone="dinov2_vits14_xr"), source="voc.json")
     md = _render([e], paper_rows)
     assert ("| model | VOC |\n|:---|---:|\n"
-            "| init (ours) | 74.1 [1] |\n"
-            "| init, paper: DINOv2R ViT-S/14 | 74.2 (T2) |\n"
+            "| baseline `dinov2_vits14_reg` (ours) | 73.0 [1] |\n"
+            "| baseline `dinov2_vits14_reg`, paper: DINOv2R ViT-S/14 | 74.2 (T2) |\n"
+            "| init (XR: registers dropped) (ours) | 74.1 [1] |\n"
             "| NeCo (ours) | 80.0 [1] |\n"
             "| NeCo, paper: NeCo ViT-S/14 | 81.3 (T2) |\n"
-            "| Δ NeCo − init (ours) | +5.9 |\n"
-            "| Δ, paper | +7.1 |\n") in md
-    assert "- [1] linear (VOC init, VOC NeCo): `linear[S112]`; matches the paper setting" in md
-    assert "Backbone `dinov2_vits14_xr`; paper rows: init = DINOv2R ViT-S/14, NeCo = NeCo " \
-           "ViT-S/14." in md
+            "| Δ NeCo − baseline `dinov2_vits14_reg` (ours) | +7.0 |\n"
+            "| Δ, paper | +7.1 |\n"
+            "| Δ NeCo − init (XR: registers dropped) (ours) | +5.9 |\n") in md
+    assert "- [1] linear (VOC baseline, VOC init, VOC NeCo): `linear[S112]`; matches the paper " \
+           "setting" in md
+    assert "Backbone `dinov2_vits14_xr`; paper rows: baseline = DINOv2R ViT-S/14 beside our " \
+           "`baseline` (`dinov2_vits14_reg`: the same weight file with its 4 registers), NeCo = " \
+           "NeCo ViT-S/14; Δ = NeCo − baseline." in md
 
 
 def test_markdown_demo_has_dashes_flags_and_sections(paper_rows) -> None:  # type: ignore[no-untyped-def]
     md = _render(demo_entries(), paper_rows, resolved={
-        "backbone": "vit_tiny_demo", "values": {"lr_backbone": 1e-4, "epochs": 2},
-        "origin": {"lr_backbone": "recipe", "epochs": "params"}},
+        "backbone": "vit_tiny_demo", "preset": "demo", "recipe": "project CPU demo",
+        "values": {"lr_backbone": 1e-4, "epochs": 2, "roi_k": 4},
+        "origin": {"lr_backbone": "recipe", "epochs": "params", "roi_k": "recipe"},
+        "params_keys": {"lr_backbone": "train.lr_backbone", "epochs": "train.epochs",
+                        "roi_k": "train.loss.roi_k"},
+        "paper": {"lr_backbone": None, "epochs": None, "roi_k": 7},
+        "deviations": {"train.loss.roi_k": {"value": 4, "paper": 7},
+                       "data.train": {"value": "synthetic", "paper": "coco"}},
+        "matches_paper": False, "summary": "vit_tiny_demo: 2 training setting(s) differ"},
         figures=["figures/hbird_synthetic.png"])
     assert md.startswith(HEADER + "\n")
     # clustering like Table 1a: K = C first, mean ± std, paper dashes, Δ per column
@@ -213,11 +227,14 @@ def test_markdown_demo_has_dashes_flags_and_sections(paper_rows) -> None:  # typ
     # settings footnotes with what differs
     assert ("- [1] overcluster (synthetic init, synthetic NeCo): `cluster[S112]`; ⚑ differs "
             "from the paper setting: input_size=112 (paper 448)") in md
-    assert "input_size=112 (paper 504|512); nn=exact (paper scann)" in md
+    assert "input_size=112 (paper 504|512); nn=exact (paper scann)" in md  # the test cfg
     # training, config with origin, figures
     assert "![training loss](figures/training_loss.png)" in md
     assert "| final_loss | 3.512 |" in md
-    assert "| values.lr_backbone | 0.0001 | recipe |" in md
+    assert "⚑ vit_tiny_demo: 2 training setting(s) differ" in md
+    assert "| train.lr_backbone | 0.0001 | recipe | – |" in md
+    assert "| train.loss.roi_k | 4 ⚑ | recipe | 7 |" in md
+    assert "| data.train | synthetic ⚑ | params | coco |" in md
     assert "- [hbird_synthetic](figures/hbird_synthetic.png)" in md
     assert md.endswith("\n") and not md.endswith("\n\n")
 
@@ -402,3 +419,45 @@ def test_real_result_dicts_roll_up(paper_rows) -> None:  # type: ignore[no-untyp
     assert got["hbird.synthetic.neco.f1_1.miou"] == 60.0
     assert got["hbird.synthetic.delta"] == 0.0
     assert "synthetic K=2 (GT)" in _render(entries, paper_rows)
+
+
+def test_training_deviations_flag_the_trained_model_only(paper_rows) -> None:  # type: ignore[no-untyped-def]
+    """A NeCo model trained off the paper recipe is flagged even when its evaluation settings
+    match the paper's; the init (not trained here) is not."""
+    training = {"deviations": {"train.loss.roi_k": {"value": 4, "paper": 7},
+                               "train.batch_size": {"value": 16, "paper": 64}},
+                "summary_order": ["train.loss.roi_k", "train.batch_size"]}
+    neco = {**linear(0.5, settings=PAPER_LINEAR), "provenance": {"training": training}}
+    init = {**linear(0.4, settings=PAPER_LINEAR), "provenance": {"training": None}}
+    e = collect(entry("linear", "voc", {"init": init, "neco": neco}), source="l.json")
+    cfg = ReportConfig(paper_settings_linear=["input_size=448", "eval_mask_size=100"],
+                       paper_settings_overcluster=[], paper_settings_hbird=[])
+    from neco.report.settings import Notes, training_differences
+
+    notes = Notes(cfg)
+    assert notes.mark(e, "init") == " [1]"
+    assert notes.mark(e, "neco") == " [2]⚑"
+    assert training_differences(neco) == ["training train.loss.roi_k=4 (paper 7)",
+                                          "training train.batch_size=16 (paper 64)"]
+    text = "\n".join(notes.render())
+    assert "[1] linear (VOC init): `linear[S112]`; matches the paper setting" in text
+    assert ("⚑ differs from the paper setting: training train.loss.roi_k=4 (paper 7); "
+            "training train.batch_size=16 (paper 64)") in text
+
+
+def test_stage_without_training_curves_when_no_step_was_run(tmp_path: Path) -> None:
+    """`train.max_steps=0` (evaluate a released checkpoint) logs no curves: the report still
+    runs and says so; a run with steps but without curves is an error naming the folder."""
+    from stages import report as stage
+
+    argv = _stage_inputs(tmp_path)
+    plots = argv[argv.index("--train-plots") + 1]
+    argv[argv.index("--train-plots") + 1] = str(tmp_path / "no-plots")
+    with pytest.raises(FileNotFoundError, match="no-plots.*12 steps"):
+        stage.main(argv)
+    summary = Path(argv[argv.index("--train-summary") + 1])
+    _write(summary, {"steps": 0, "final_loss": None, "initial_loss": None,
+                     "backbone": "vit_tiny_demo"})
+    stage.main(argv)
+    png = tmp_path / "reports" / "figures" / "training_loss.png"
+    assert png.read_bytes().startswith(b"\x89PNG") and Path(plots).is_dir()

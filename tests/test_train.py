@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import neco.train.datamodule as datamodule
-from neco.config import ConfigError, RuntimeConfig, TrainConfig, load_section, load_value
-from neco.config.method import CropConfig
+from neco.config import ConfigError, RuntimeConfig, load_section, load_value
 from neco.models.export import export_from_checkpoint
+from neco.models.recipes import load_training
 from neco.models.vit import build_backbone
 from neco.train.run import run_training
 from tests.fixtures.tiny_training import TinySetup, build_tiny, git_repo
@@ -42,10 +42,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinySetup]:
 
 def run(tiny: TinySetup, tag: str, params: Path | None = None) -> dict[str, Any]:
     params = params or tiny.params
+    train, crops, resolution = load_training(params)
     return run_training(
         seed=load_value(params, "seed", int),
-        train=load_section(params, "train", TrainConfig),
-        crops=load_section(params, "crops", CropConfig),
+        train=train,
+        crops=crops,
+        resolution=resolution,
         images=tiny.images(),
         manifest_path=tiny.manifest,
         out_dir=tiny.root / tag / "out",
@@ -103,6 +105,8 @@ def test_outputs(tiny: TinySetup, reference: dict[str, Any]) -> None:
     assert resolved["steps_per_epoch"] == 3 and resolved["backbone"] == "vit_tiny_demo"
     assert resolved["values"]["epochs"] == 2 and resolved["values"]["global_size"] == 32
     assert resolved["origin"]["lr_backbone"] == "params" and len(resolved["fingerprint"]) == 16
+    assert resolved["origin"]["momentum_start"] == "recipe" and not resolved["matches_paper"]
+    assert resolved["deviations"]["train.loss.roi_k"] == {"value": 2, "paper": 7}
 
     # summary.json: the results; run_training's return adds the run facts (not versioned)
     summary = json.loads((live / "summary.json").read_text())

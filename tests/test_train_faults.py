@@ -35,9 +35,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import neco.train.datamodule as datamodule
-from neco.config import RuntimeConfig, TrainConfig, load_section, load_value
-from neco.config.method import CropConfig
+from neco.config import RuntimeConfig, load_section, load_value
 from neco.data.registry import get_dataset, open_images
+from neco.models.recipes import load_training
 from neco.train import resume as resume_mod
 from neco.train.resume import atomic_torch_save, checkpoint_problem, input_digests
 from neco.train.run import run_training
@@ -84,8 +84,8 @@ class Tiny:
         p, d = self.setup.params, self.dirs(tag)
         return run_training(
             seed=load_value(p, "seed", int),
-            train=load_section(p, "train", TrainConfig),
-            crops=load_section(p, "crops", CropConfig),
+            train=load_training(p)[0],
+            crops=load_training(p)[1],
             images=images if images is not None else self.setup.images(),
             manifest_path=self.setup.manifest,
             out_dir=d["out"],

@@ -3,7 +3,8 @@
 ``loader`` turns a (possibly dotted) section of ``params.yaml`` into a frozen dataclass and names
 ``<file>: <section>.<key>`` on any unknown key, wrong type, missing value or bad enum value;
 ``sections``, ``method`` and ``evals`` hold the schemas (types only: values, with comments, live
-in ``params.yaml``); ``validate`` checks a whole file. This package imports nothing from the rest
+in ``conf/``); ``presets`` composes ``conf/`` into ``params.yaml`` (Hydra, as ``dvc exp run``
+does); ``validate`` checks a whole file. This package imports nothing from the rest
 of ``neco`` and no torch, so every stage fails on a bad key in a fraction of a second; every other
 package imports its config types from here.
 """

@@ -1,6 +1,7 @@
 """Schemas of the evaluation protocols (``eval.*`` sections, evaluation.md).
 
-Types only, no torch or faiss: every value, with a comment, lives in ``params.yaml``. The protocols
+Types only, no torch or faiss: every value, with a comment, lives in
+``conf/config.yaml`` (composed into ``params.yaml``). The protocols
 (``neco.evals.*``) import their configs and enums from here.
 """
 
@@ -240,7 +241,9 @@ class HbirdConfig:
     """Hummingbird settings (evaluation.md §4.5-§4.7, §7). Types only; values in ``params.yaml``.
 
     Attributes:
-        input_size: S (504 for /14, 512 for /16).
+        input_size: S (504 for /14, 512 for /16). ``null`` in ``params.yaml`` (the paper preset)
+            = the paper's side for the backbone's patch size, filled before validation by
+            ``neco.models.recipes.load_eval``.
         memory_size: M key rows (10,240,000); null = store every patch.
         augmentation_epochs: E (2).
         k: neighbours (30).

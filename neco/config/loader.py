@@ -1,8 +1,8 @@
 """Typed configuration: every ``params.yaml`` section becomes a frozen dataclass.
 
-``params.yaml`` is the single source of values (STYLE P1-P3). Schemas state types only; the
-values, with a comment each, live in ``params.yaml``. Loading a section merges the YAML into an
-OmegaConf structured config in struct mode, so
+``params.yaml`` is the single source of values the stages read (STYLE P1-P3), composed from
+``conf/`` (:mod:`neco.config.presets`), where every value has its comment. Schemas state types
+only. Loading a section merges the YAML into an OmegaConf structured config in struct mode, so
 
 * an unknown key raises ``ConfigError`` naming ``<file>: <section>.<key>``,
 * a wrong type raises naming the key, the value and the expected type,
@@ -85,7 +85,7 @@ def _normalise_enums(tp: Any, value: Any, key: str) -> Any:
 
 #: Top-level keys of a params file besides the ``SECTION_SCHEMAS`` sections: scalars and the
 #: ``datasets`` blocks. A new top-level key is added here (and to ``neco.config.validate``).
-EXTRA_TOP_LEVEL_KEYS: tuple[str, ...] = ("seed", "datasets")
+EXTRA_TOP_LEVEL_KEYS: tuple[str, ...] = ("preset", "seed", "datasets")
 
 
 def top_level_keys() -> frozenset[str]:

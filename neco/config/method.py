@@ -1,6 +1,7 @@
 """Schemas of the training method (``crops`` and ``train.*`` component sections, method.md).
 
-Types only, no torch: every value, with a comment, lives in ``params.yaml``. The components that
+Types only, no torch: every value, with a comment, lives in
+``conf/config.yaml`` (composed into ``params.yaml``). The components that
 these configure (``neco.method.*``) import them from here.
 """
 
@@ -61,9 +62,12 @@ class CropConfig:
         second_global_factor: threshold multiplier for a global crop against an earlier global
             (official 2: 0.02 for the 2nd global vs the 1st).
         max_retries: redraws allowed per view before sampling fails (project cap).
-        global_size: output side of global crops in pixels; None = backbone recipe
-            (518 for p14 DINOv2, 224 for p16).
-        local_size: output side of local crops in pixels; None = recipe (98).
+        global_size: output side of global crops in pixels (518 for p14 DINOv2, 224 for p16).
+        local_size: output side of local crops in pixels (98).
+
+    ``num_global``, ``num_local``, ``global_size`` and ``local_size`` are recipe fields: ``null``
+    in ``params.yaml`` takes the backbone recipe, filled in before validation
+    (:func:`neco.models.recipes.load_training`), so an instance is always complete.
     """
 
     num_global: int
@@ -74,8 +78,8 @@ class CropConfig:
     min_intersection: float
     second_global_factor: float
     max_retries: int
-    global_size: int | None
-    local_size: int | None
+    global_size: int
+    local_size: int
 
 
 class SortNetwork(str, enum.Enum):
@@ -103,9 +107,19 @@ class Similarity(str, enum.Enum):
     EUCLIDEAN = "euclidean"  # cdist on un-normalised aligned features
 
 
+class LossImplementation(str, enum.Enum):
+    """How the sort + cross-entropy of the loss run (method.md §14.3; same numbers, D4)."""
+
+    EXACT = "exact"  # reference: batched exact soft sort, P and Q of all queries materialised
+    FUSED = "fused"  # per-query fused kernel (C on CPU, Triton on CUDA), O(R n) memory
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """``train.loss`` section (method.md §15; every value commented in ``params.yaml``).
+    """``train.loss`` section (method.md §15; every value commented in ``conf/config.yaml``).
+
+    ``roi_k``, ``n_refs``, ``steepness_*`` and ``queue*`` are recipe fields (``null`` in
+    ``params.yaml`` = the backbone recipe, filled before validation).
 
     Attributes:
         roi_k: ROI-Align output side k; M = k*k queries per pair and image (official 7).
@@ -115,16 +129,17 @@ class LossConfig:
         sort_distribution: comparator relaxation (official cauchy).
         art_lambda: exponent of logistic_phi only (official 0.25).
         steepness_student: student sort steepness beta_s (official 100).
-        steepness_teacher: teacher sort steepness beta_t; None = same as the student.
+        steepness_teacher: teacher sort steepness beta_t (official 100); None (only when
+            built in code) = same as the student.
         log_eps: 0 = plain log P (official); > 0 = log(max(P, log_eps)).
-        queue: references from the FIFO queue (DINOv2 recipes) instead of the batch; None in
-            params = the backbone recipe (resolved before the loss runs).
-        queue_length: slots per queue bank (official 8192); None = recipe.
-        queue_push_per_image: teacher patches pushed per image and step (official 10); None =
-            recipe.
+        queue: references from the FIFO queue (DINOv2 recipes) instead of the batch.
+        queue_length: slots per queue bank (official 8192).
+        queue_push_per_image: teacher patches pushed per image and step (official 10).
         crops_for_assign: teacher (global) crop indices (official [0, 1]).
         use_teacher: targets from the EMA teacher (official true); false = the ablation: targets
             from a second student forward of the global crops (official handling).
+        implementation: ``exact`` (the reference sort, :mod:`neco.method.sorting`) or ``fused``
+            (:mod:`neco.method.fused_loss`); both give the same loss and gradients to rounding.
     """
 
     roi_k: int
@@ -136,8 +151,9 @@ class LossConfig:
     steepness_student: float
     steepness_teacher: float | None
     log_eps: float
-    queue: bool | None
-    queue_length: int | None
-    queue_push_per_image: int | None
+    queue: bool
+    queue_length: int
+    queue_push_per_image: int
     crops_for_assign: list[int]
     use_teacher: bool
+    implementation: LossImplementation

@@ -3,7 +3,8 @@
 :mod:`neco.config.evals`.
 
 Torch-free: a stage reads and checks its params in a fraction of a second. Schemas state types
-only; every value, with a comment, lives in ``params.yaml``.
+only; every value, with a comment, lives in
+``conf/config.yaml`` (composed into ``params.yaml``).
 """
 
 from __future__ import annotations
@@ -36,19 +37,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """NeCo post-pretraining (method.md §4-§12). ``None`` recipe fields take the backbone recipe.
+    """NeCo post-pretraining (method.md §4-§12).
 
-    Every field is commented in ``params.yaml``; the resolved values (recipe merged with the
-    explicit ones) are written by the train stage to ``models/neco/resolved_config.json``.
+    Every field is commented in ``conf/config.yaml``. The recipe fields
+    (:data:`neco.models.registry.RECIPE_PARAMS`: batch, lrs, epochs, schedules, drop path,
+    precision, head) are ``null`` in ``params.yaml`` to take the backbone recipe;
+    :func:`neco.models.recipes.load_training` fills them before validation, so an instance is
+    always complete. The train stage writes the resolution (values, origins, paper deviations)
+    to ``models/neco/resolved_config.json``.
     """
 
     backbone: str
     weights: str | None
     weights_cache: str | None
     pos_embed_interp: str
-    epochs: int | None
-    batch_size: int | None
-    lr_backbone: float | None
+    epochs: int
+    batch_size: int
+    lr_backbone: float
     lr_heads: float
     final_lr: float
     weight_decay: float
@@ -62,6 +67,7 @@ class TrainConfig:
     grad_clip: float | None
     jitter_strength: float
     blur_strength: float
+    augment_device: str  # cpu | accelerator (neco.method.tensor_augment.AugmentDevice)
     head: HeadConfig
     loss: LossConfig
     precision: Precision
@@ -166,18 +172,34 @@ class RuntimeConfig:
     ``dvc.yaml``, so changing one re-runs nothing.
 
     Attributes:
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes per training process; ``None`` = from the
+            CPU count (:meth:`workers`; the paper preset).
         progress: show progress bars.
         train: training periods (checkpoints, logging).
         eval: inference batch sizes.
         download: retries, timeouts and backoff of every download.
     """
 
-    num_workers: int
+    num_workers: int | None
     progress: bool
     train: TrainRuntime
     eval: EvalRuntime
     download: DownloadConfig
+
+    def workers(self, processes: int = 1) -> int:
+        """Worker processes for each of ``processes`` training processes on this machine.
+
+        ``num_workers`` when set; else the CPUs this process may use (its affinity mask, so a
+        SLURM or ``taskset`` allocation counts, not the whole machine), split over the
+        processes, less one per process for the training loop itself, at most 32.
+        """
+        if self.num_workers is not None:
+            return self.num_workers
+        import os
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        return max(0, min(32, cpus // max(1, processes) - 1))
 
 
 @dataclass(frozen=True)

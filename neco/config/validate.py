@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from neco.config.loader import ConfigError, _select, build_section, load_value, read_params
 from neco.config.sections import SECTION_SCHEMAS
 
-TOP_LEVEL_SCALARS: dict[str, type] = {"seed": int}
+TOP_LEVEL_SCALARS: dict[str, type] = {"seed": int, "preset": str}
+
+#: Builds some sections itself from the whole file (name -> dataclass), e.g. ``train`` and
+#: ``crops``, whose ``null`` recipe keys only the backbone registry can fill.
+Resolver = Callable[[dict[str, Any], str], Mapping[str, Any]]
 
 
 def validate_params(
-    params_path: str | Path, dataset_schemas: Mapping[str, type]
+    params_path: str | Path, dataset_schemas: Mapping[str, type],
+    resolver: Resolver | None = None,
 ) -> dict[str, Any]:
     """Validate a whole params file: every section, every dataset block, no unknown sections.
 
@@ -21,6 +26,8 @@ def validate_params(
         params_path: path of ``params.yaml``.
         dataset_schemas: the config dataclass of each known ``datasets.<name>`` block
             (``neco.data.registry.validate_params`` passes the registry's).
+        resolver: builds the sections it returns (``neco.models.recipes`` for ``train`` and
+            ``crops``); the others are built from their schema.
 
     Returns:
         The loaded sections by name (dataclasses), plus ``datasets`` as a dict of dataclasses.
@@ -37,8 +44,10 @@ def validate_params(
     out: dict[str, Any] = {}
     for key, tp in TOP_LEVEL_SCALARS.items():
         out[key] = load_value(path, key, tp)
+    resolved = dict(resolver(params, str(path))) if resolver is not None else {}
     for name, schema in schemas.items():
-        out[name] = build_section(_select(params, name, path), schema, key=name, source=str(path))
+        out[name] = resolved[name] if name in resolved else build_section(
+            _select(params, name, path), schema, key=name, source=str(path))
     datasets = _select(params, "datasets", path)
     if not isinstance(datasets, dict):
         raise ConfigError(f"{path}: datasets: expected a mapping of dataset blocks")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from neco.config import ConfigError
+from neco.config.validate import Resolver
 from neco.config.validate import validate_params as _validate_params
 from neco.data.class_names import ADE20K_CLASS_NAMES, VOC_CLASS_NAMES
 from neco.data.errors import DataError
@@ -271,13 +272,17 @@ def open_images(name: str, prepared_root: Path, split: str) -> ImageDataset:
                         image_ext=spec.image_ext)
 
 
-def validate_params(params_path: Path | str) -> dict[str, Any]:
+def validate_params(params_path: Path | str, resolver: Resolver | None = None) -> dict[str, Any]:
     """Validate a whole params file against the section schemas and this registry's sources.
+
+    ``resolver`` builds ``train`` and ``crops`` (their ``null`` recipe keys need the backbone
+    registry: :func:`neco.show.validate_params` passes it).
 
     Beyond :func:`neco.config.validate.validate_params`, every ``eval.datasets`` entry must map
     a known dataset to its real source, and ``data.train`` must be a known dataset.
     """
-    out = _validate_params(params_path, {name: s.config_cls for name, s in SOURCES.items()})
+    out = _validate_params(params_path, {name: s.config_cls for name, s in SOURCES.items()},
+                           resolver=resolver)
     for name in out["eval"].datasets:
         try:
             check_eval_dataset(name, out["eval"].datasets)

@@ -1,13 +1,15 @@
 """The ``eval@<protocol>-<dataset>`` stage's library entry: one protocol on one dataset.
 
-:func:`evaluate` opens the prepared splits, loads every eval model (``init`` and ``neco``)
-strictly, calls the pure protocol function registered in :data:`neco.evals.protocols.PROTOCOLS`
-and writes the metrics JSON and the example figure.
+:func:`evaluate` opens the prepared splits, loads every eval model strictly (``init`` and/or
+``neco`` from ``eval.models``, plus the paper's ``baseline`` where the backbone has one:
+:func:`neco.evals.models.eval_models`), calls the pure protocol function registered in
+:data:`neco.evals.protocols.PROTOCOLS` and writes the metrics JSON and the example figure.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from neco.config import ConfigError, EvalConfig, RuntimeConfig, TrainConfig
 from neco.data.registry import check_eval_dataset, open_dataset
 from neco.evals.cache import load_features, load_features_meta
 from neco.evals.inputs import draw_figure, hbird_subsets
-from neco.evals.models import eval_device, extractor_for, load_for_eval
+from neco.evals.models import eval_device, eval_models, extractor_for, load_for_eval
 from neco.evals.protocols import PROTOCOLS
 from neco.evals.results import split_timings
 from neco.io import write_json
@@ -36,13 +38,20 @@ def evaluate(
     figure: Path,
     runtime: RuntimeConfig,
     timings: Path | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` on ``dataset`` for every eval model; write ``out`` (JSON) and ``figure``.
+
+    The models are :func:`neco.evals.models.eval_models` (``eval.models``, then ``baseline``
+    where ``train.backbone`` has a paper baseline); each record's ``provenance`` is the one
+    stored with its cached features.
 
     Args:
         data_root: the prepared tree of ``dataset``'s source (``data/prepared/<source>``).
         timings: where the wall-time fields go (kept out of ``out``, which must depend on
             params and inputs only); None = dropped.
+        config: this stage's resolved configuration (``neco.show.stage_config_record``: each
+            value with its origin and paper setting), written under ``config``.
 
     Val tokens come from the features cache when the protocol's input size equals
     ``eval.features.input_size``; the linear probe and Hummingbird also run a live frozen
@@ -59,7 +68,7 @@ def evaluate(
     val = open_dataset(dataset, data_root, val_split)
     device = eval_device()
     results = {}
-    for model in ev.models:
+    for model in eval_models(ev.models, train.backbone):
         t0 = time.perf_counter()
         cached = None
         if cfg.input_size == ev.features.input_size:
@@ -87,7 +96,7 @@ def evaluate(
                 result = PROTOCOLS[protocol].run(
                     extractor, train_ds, val, cfg, device=device, seed=seed,
                     figure_examples=runtime.eval.figure_examples, val_features=cached,
-                    num_workers=runtime.num_workers,
+                    num_workers=runtime.workers(),
                 )
             else:
                 if cfg.image_std.value != "correct" or (
@@ -97,7 +106,7 @@ def evaluate(
                 result = PROTOCOLS[protocol].run(
                     extractor, train_ds, val, cfg, device=device, seed=seed, runtime=runtime.eval,
                     query_features=cached, subsets=hbird_subsets(data_root),
-                    num_workers=runtime.num_workers,
+                    num_workers=runtime.workers(),
                 )
         results[model] = result
         headline = "n/a" if result.miou is None else f"{100 * result.miou:.2f}"
@@ -113,6 +122,8 @@ def evaluate(
         "backbone": train.backbone,
         "models": records,
     }
+    if config is not None:
+        payload["config"] = dict(config)
     write_json(out, payload)
     if timings is not None:
         write_json(timings, {"protocol": protocol, "dataset": dataset, "models": timed})

@@ -20,7 +20,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from neco.config.method import LossConfig, Similarity
+from neco.config.method import LossConfig, LossImplementation, Similarity
+from neco.method.fused_loss import rank_cross_entropy
 from neco.method.precision import no_tf32
 from neco.method.references import ReferenceQueue, inbatch_references, select_push_tokens
 from neco.method.roi import align_pairs, pair_order
@@ -28,6 +29,7 @@ from neco.method.sorting import soft_sort
 
 __all__ = [
     "LossConfig",
+    "LossImplementation",
     "Similarity",
     "loss_from_maps",
     "neco_loss",
@@ -62,6 +64,11 @@ def validate_loss_config(cfg: LossConfig, batch_size: int) -> None:
         raise bad(f"{_KEY}.steepness_student = {cfg.steepness_student}: expected > 0")
     if cfg.steepness_teacher is not None and not cfg.steepness_teacher > 0:
         raise bad(f"{_KEY}.steepness_teacher = {cfg.steepness_teacher}: expected > 0 or null")
+    if not isinstance(cfg.implementation, LossImplementation):
+        raise bad(
+            f"{_KEY}.implementation = {cfg.implementation!r}: expected one of "
+            f"{[i.value for i in LossImplementation]}"
+        )
     if not 0 <= cfg.log_eps < 1:
         raise bad(f"{_KEY}.log_eps = {cfg.log_eps}: expected 0 (plain log) or in (0, 1)")
     if cfg.art_lambda < 0:
@@ -129,9 +136,12 @@ def neco_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy between teacher and student soft permutation matrices (method.md §9).
 
-    All pairs go through **one** student ``soft_sort`` call (with grad, ``steepness_student``)
-    and one teacher call under ``no_grad`` (``steepness_teacher``, or the student's when None),
-    each over ``pairs*B*M`` rows of length n.
+    ``implementation = exact``: all pairs go through **one** student ``soft_sort`` call (with
+    grad, ``steepness_student``) and one teacher call under ``no_grad`` (``steepness_teacher``,
+    or the student's when None), each over ``pairs*B*M`` rows of length n, and P, Q of all
+    queries are materialised. ``implementation = fused``: the same rows go through
+    :func:`neco.method.fused_loss.rank_cross_entropy`, which sorts, takes the cross-entropy and
+    its gradient query by query (same numbers to rounding, O(rows * n) memory).
 
     ``use_teacher = False`` (ablation): ``f_t`` holds the aligned global-crop features of a
     second **student** forward instead of the teacher's (``loss_from_maps``); Q is sorted from
@@ -165,9 +175,21 @@ def neco_loss(
         raise ValueError(f"neco_loss: refs carry n = {n} references, {_KEY}.n_refs = {cfg.n_refs}")
     beta_t = cfg.steepness_student if cfg.steepness_teacher is None else cfg.steepness_teacher
     flat_refs = refs.flatten(0, 1)
+    if f_t.shape != f_s.shape:
+        raise ValueError(
+            f"neco_loss: f_t must match f_s {tuple(f_s.shape)}, got {tuple(f_t.shape)}"
+        )
 
-    def sort(f: torch.Tensor, steepness: float) -> torch.Tensor:
-        s = similarities(f.flatten(0, 1), flat_refs, cfg.similarity).reshape(-1, n)
+    def sims(f: torch.Tensor) -> torch.Tensor:  # (pairs*B*M, n)
+        return similarities(f.flatten(0, 1), flat_refs, cfg.similarity).reshape(-1, n)
+
+    if cfg.implementation is LossImplementation.FUSED:
+        s_s = sims(f_s)
+        with torch.no_grad():
+            s_t = sims(f_t.detach())
+        return _fused_loss(s_s, s_t, cfg, beta_t, pairs)
+
+    def sort(s: torch.Tensor, steepness: float) -> torch.Tensor:
         with _strict_fp32(s.device.type):
             _, perm = soft_sort(
                 s,
@@ -178,23 +200,13 @@ def neco_loss(
             )
         return perm  # (pairs*B*M, n_ref, n_rank)
 
-    if f_t.shape != f_s.shape:
-        raise ValueError(
-            f"neco_loss: f_t must match f_s {tuple(f_s.shape)}, got {tuple(f_t.shape)}"
-        )
-    p = sort(f_s, cfg.steepness_student)
+    p = sort(sims(f_s), cfg.steepness_student)
     with torch.no_grad():
-        q = sort(f_t.detach(), beta_t)
+        q = sort(sims(f_t.detach()), beta_t)
     log_p = torch.log(p.clamp_min(cfg.log_eps)) if cfg.log_eps > 0 else torch.log(p)
     pair_loss = -(q * log_p).sum(-1).reshape(pairs, batch * m * n).mean(-1)
     loss = pair_loss.mean()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"NeCo loss is {loss.item()} (per pair {pair_loss.detach().tolist()}); smallest student"
-            f" P = {p.detach().min().item():.3e}. P underflows with steep or light-tailed sorts "
-            f"(e.g. logistic at beta = 100): use {_KEY}.sort_distribution = cauchy or set "
-            f"{_KEY}.log_eps > 0 (method.md §9, §14.4)"
-        )
+    _check_finite(loss, pair_loss, p.detach().min())
     with torch.no_grad():
         stats = {
             "pair_loss": pair_loss.detach(),
@@ -204,6 +216,46 @@ def neco_loss(
             "q_rowmax": q.amax(-1).mean(),
         }
     return loss, stats
+
+
+def _fused_loss(
+    s_s: torch.Tensor, s_t: torch.Tensor, cfg: LossConfig, beta_t: float, pairs: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``implementation = fused``: the loss and stats of :func:`neco_loss` from per-query CE."""
+    rows, n = s_s.shape
+    with _strict_fp32(s_s.device.type):
+        ce, per_query = rank_cross_entropy(
+            s_s,
+            s_t,
+            network=cfg.sort_network,
+            distribution=cfg.sort_distribution,
+            steepness_student=cfg.steepness_student,
+            steepness_teacher=beta_t,
+            art_lambda=cfg.art_lambda,
+            log_eps=cfg.log_eps,
+        )
+    pair_loss = ce.reshape(pairs, rows // pairs).sum(-1) / (rows // pairs * n)
+    loss = pair_loss.mean()
+    p_min = per_query["p_min"].min()
+    _check_finite(loss, pair_loss, p_min)
+    stats = {
+        "pair_loss": pair_loss.detach(),
+        "teacher_entropy": per_query["entropy"].sum() / (rows * n),
+        "p_min": p_min,
+        "p_rowmax": per_query["p_rowmax_sum"].sum() / (rows * n),
+        "q_rowmax": per_query["q_rowmax_sum"].sum() / (rows * n),
+    }
+    return loss, stats
+
+
+def _check_finite(loss: torch.Tensor, pair_loss: torch.Tensor, p_min: torch.Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"NeCo loss is {loss.item()} (per pair {pair_loss.detach().tolist()}); smallest student"
+            f" P = {p_min.item():.3e}. P underflows with steep or light-tailed sorts "
+            f"(e.g. logistic at beta = 100): use {_KEY}.sort_distribution = cauchy or set "
+            f"{_KEY}.log_eps > 0 (method.md §9, §14.4)"
+        )
 
 
 def loss_from_maps(

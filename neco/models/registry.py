@@ -34,7 +34,10 @@ Paper labels (method.md §12-§13; ``neco.report.paper`` documents the lookup):
   the README's "NeCo on DINOv2R"; ``dinov2_vit{s,b}14``: NeCo only the README's "NeCo on DINOv2".
 * ViT-S/16 backbones (``dino``, ``timetuning``, ``leopart``): init rows by method name, NeCo
   rows from Table 3 ("NeCo (init: DINO)"), then the README ("NeCo on DINO").
-* Backbones the paper never evaluated (the demo, ViT-B/16, iBOT, CrIBo) have no labels.
+* iBOT and CrIBo ViT-S/16: init rows by method name, NeCo rows "NeCo (init: iBOT|CrIBo)"
+  (Table 3); ViT-B/16 DINO, iBOT, CrIBo: baseline rows only (Table 2, Figure 2). Whether our
+  checkpoints are the paper's is unverified (CrIBo: the ImageNet-1k file).
+* The demo has no labels.
 """
 
 from __future__ import annotations
@@ -112,27 +115,116 @@ RANDOM_SOURCE = WeightSource(
 class Recipe:
     """Backbone-specific training values (``params.yaml`` ``null`` = take these).
 
+    Every value an official released config sets (method.md §12); :data:`RECIPE_PARAMS` maps
+    each field to its ``params.yaml`` key. Fields whose value is the same in every released
+    config default to it (:data:`PAPER_COMMON`), so an entry states only what differs.
+
     Attributes:
         global_size: global crop side in px (518 DINOv2, 224 /16 backbones).
-        local_size: local crop side in px (98 official).
         batch_size: images per step over all devices.
         lr_backbone: AdamW lr of the backbone parameter groups.
         epochs: training epochs.
         queue: reference patches from the FIFO queue (DINOv2 family) or from the batch.
-        queue_length: slots per queue bank.
-        queue_push_per_image: teacher patches pushed per image and step.
         config: provenance of the recipe.
+        num_global: global crops per image (official 2).
+        num_local: local crops per image (official 4).
+        local_size: local crop side in px (official 98).
+        lr_heads: AdamW lr of the projection head (official 1e-4).
+        weight_decay: weight decay at step 0 (official 0.04).
+        weight_decay_end: weight decay at the last step, cosine (official 0.5).
+        momentum_start: EMA teacher momentum at step 0 (official 0.9995).
+        momentum_end: EMA momentum at the last step, cosine (official 1.0).
+        drop_path: student stochastic depth (official 0.1).
+        precision: backbone precision, ``"32"`` or ``"bf16-mixed"`` (official fp32).
+        head_hidden_dim: projection head hidden width (official 2048).
+        head_out_dim: projection dimension d (official 256).
+        head_n_layers: Linear layers in the head (official 3).
+        roi_k: ROI-Align output side k, k*k queries per crop pair (official 7).
+        n_refs: reference patches per image (official 49).
+        queue_length: slots per queue bank (official constructor value 8192, also when off).
+        queue_push_per_image: teacher patches pushed per image and step (official 10).
+        steepness_student: student sort steepness (official 100).
+        steepness_teacher: teacher sort steepness (official 100).
     """
 
     global_size: int
-    local_size: int
     batch_size: int
     lr_backbone: float
     epochs: int
     queue: bool
-    queue_length: int
-    queue_push_per_image: int
     config: str
+    num_global: int = 2
+    num_local: int = 4
+    local_size: int = 98
+    lr_heads: float = 1e-4
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.5
+    momentum_start: float = 0.9995
+    momentum_end: float = 1.0
+    drop_path: float = 0.1
+    precision: str = "32"
+    head_hidden_dim: int = 2048
+    head_out_dim: int = 256
+    head_n_layers: int = 3
+    roi_k: int = 7
+    n_refs: int = 49
+    queue_length: int = 8192
+    queue_push_per_image: int = 10
+    steepness_student: float = 100.0
+    steepness_teacher: float = 100.0
+
+
+#: ``params.yaml`` key of every :class:`Recipe` field (``null`` there = take the recipe).
+RECIPE_PARAMS: dict[str, str] = {
+    "num_global": "crops.num_global",
+    "num_local": "crops.num_local",
+    "global_size": "crops.global_size",
+    "local_size": "crops.local_size",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "lr_backbone": "train.lr_backbone",
+    "lr_heads": "train.lr_heads",
+    "weight_decay": "train.weight_decay",
+    "weight_decay_end": "train.weight_decay_end",
+    "momentum_start": "train.momentum_start",
+    "momentum_end": "train.momentum_end",
+    "drop_path": "train.drop_path",
+    "precision": "train.precision",
+    "head_hidden_dim": "train.head.hidden_dim",
+    "head_out_dim": "train.head.out_dim",
+    "head_n_layers": "train.head.n_layers",
+    "roi_k": "train.loss.roi_k",
+    "n_refs": "train.loss.n_refs",
+    "queue": "train.loss.queue",
+    "queue_length": "train.loss.queue_length",
+    "queue_push_per_image": "train.loss.queue_push_per_image",
+    "steepness_student": "train.loss.steepness_student",
+    "steepness_teacher": "train.loss.steepness_teacher",
+}
+
+#: Settings every released config shares that are explicit params, not recipe fields
+#: (method.md §12 "Settings common to every released config"; official values).
+PAPER_FIXED: dict[str, object] = {
+    "data.train": "coco",
+    "crops.global_scale": [0.25, 1.0],
+    "crops.local_scale": [0.05, 0.25],
+    "crops.ratio": [0.75, 4 / 3],
+    "crops.min_intersection": 0.01,
+    "crops.second_global_factor": 2.0,
+    "train.final_lr": 0.0,
+    "train.ema_timing": "before_step",
+    "train.teacher_head_init": "independent",
+    "train.trainable_blocks": None,
+    "train.grad_clip": None,
+    "train.jitter_strength": 1.0,
+    "train.blur_strength": 1.0,
+    "train.loss.similarity": "cosine",
+    "train.loss.sort_network": "bitonic",
+    "train.loss.sort_distribution": "cauchy",
+    "train.loss.log_eps": 0.0,
+    "train.loss.crops_for_assign": [0, 1],
+    "train.loss.use_teacher": True,
+}
 
 
 @dataclass(frozen=True)
@@ -168,6 +260,10 @@ class BackboneSpec:
         key_map: format of the official weight file (:data:`neco.models.checkpoints.KEY_MAPS`).
         recipe: training recipe (:mod:`neco.models.recipes` resolves it against params).
         paper: the paper's labels, ``None`` if the paper never evaluated this backbone.
+        baseline: registry name of the model the paper's baseline row for this backbone is
+            (the same weight file, another architecture), ``None`` if it is this backbone's own
+            init. ``dinov2_vit{s,b}14_xr`` trains with the registers dropped, but the paper's
+            "DINOv2R" row is the hub register model, ``dinov2_vit{s,b}14_reg`` (method.md §13).
     """
 
     name: str
@@ -183,6 +279,7 @@ class BackboneSpec:
     key_map: str
     recipe: Recipe
     paper: PaperLabels | None
+    baseline: str | None = None
 
 
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{m}/{m}{reg}_pretrain.pth"
@@ -229,6 +326,7 @@ def _v2(size: str, variant: str) -> BackboneSpec:
             config=config,
         ),
         paper=PaperLabels(f"ViT-{size.upper()}/14", init, neco),
+        baseline=f"{m}_reg" if variant == "xr" else None,
     )
 
 
@@ -248,7 +346,13 @@ def _v1(
     """
     paper = None
     if paper_method is not None:
-        neco = (f"NeCo (init: {paper_method})", f"NeCo on {paper_method}")
+        # the paper trained NeCo from ViT-S/16 inits only (Table 3, README); its ViT-B/16 rows
+        # are baselines (Table 2, Figure 2)
+        neco: tuple[str, ...] = ()
+        if size == "s":  # "NeCo on X": the README's released models (DINO, TimeT, Leopart)
+            neco = (f"NeCo (init: {paper_method})",) + (
+                (f"NeCo on {paper_method}",) if paper_method in ("DINO", "TimeT", "Leopart")
+                else ())
         paper = PaperLabels(f"ViT-{size.upper()}/16", (paper_method,), neco)
     return BackboneSpec(
         name=name,
@@ -317,15 +421,21 @@ _ENTRIES = [
         native_img_size=112,
         weights=RANDOM_SOURCE,
         key_map="timm",
+        # The CPU demo's own values (each differs from the paper where commented): minutes on
+        # a laptop core instead of GPU hours, on 96 images of 96-160 px.
         recipe=Recipe(
-            global_size=112,
-            local_size=48,
-            batch_size=16,
-            lr_backbone=1e-4,
-            epochs=10,
+            global_size=112,  # 7x7 tokens (paper 518 / 224)
+            local_size=48,  # 3x3 tokens (paper 98)
+            batch_size=16,  # 6 steps per epoch on 96 images (paper 64 / 16 / 45)
+            lr_backbone=1e-4,  # (paper 1e-5) few steps from scratch
+            epochs=10,  # (paper 25 / 50)
             queue=True,
-            queue_length=2048,
+            queue_length=2048,  # (paper 8192) 96 images x 10 pushes fill it within 2 epochs
             queue_push_per_image=10,
+            head_hidden_dim=256,  # (paper 2048) a 192-d backbone
+            head_out_dim=64,  # (paper 256)
+            roi_k=4,  # (paper 7) 16 queries per pair on 7x7-token crops
+            n_refs=16,  # (paper 49) = roi_k**2, as in the paper
             config="project CPU demo (not a paper recipe)",
         ),
         paper=None,
@@ -346,11 +456,12 @@ _ENTRIES = [
             _DINO.format(m="dino_vitbase16"), note="DINO README full checkpoint (not in the spec)"
         ),
         "dino",
+        paper_method="DINO",
     ),
-    _v1("ibot_vits16", "s", _ibot("s"), "ibot"),
-    _v1("ibot_vitb16", "b", _ibot("b"), "ibot"),
-    _v1("cribo_vits16", "s", _cribo("s"), "cribo"),
-    _v1("cribo_vitb16", "b", _cribo("b"), "cribo"),
+    _v1("ibot_vits16", "s", _ibot("s"), "ibot", paper_method="iBOT"),
+    _v1("ibot_vitb16", "b", _ibot("b"), "ibot", paper_method="iBOT"),
+    _v1("cribo_vits16", "s", _cribo("s"), "cribo", paper_method="CrIBo"),
+    _v1("cribo_vitb16", "b", _cribo("b"), "cribo", paper_method="CrIBo"),
     _v1(
         "timetuning_vits16",
         "s",

@@ -62,11 +62,16 @@ def build_report(
     summary = _read_json(train_summary, "training summary")
     resolved = _read_json(resolved_config, "resolved training config")
     paper_rows = load_paper_results(paper)
-    if not train_plots.is_dir():
-        raise FileNotFoundError(f"{train_plots}: dvclive plots directory not found")
+    if train_plots.is_dir():
+        curves = read_training_curves(train_plots)
+    elif summary.get("steps") == 0:  # train.max_steps = 0 (evaluate a checkpoint): no curves
+        curves = {}
+    else:
+        raise FileNotFoundError(f"{train_plots}: dvclive plots directory not found (the "
+                                f"training summary reports {summary.get('steps')} steps)")
 
     loss_png = out_figures / LOSS_FIGURE
-    plot_training_curve(read_training_curves(train_plots), loss_png)
+    plot_training_curve(curves, loss_png)
     figures = [out_figures / f"{p}_{d}.png" for p in protocols for d in datasets]
     start = out_tables.parent
     metrics = rollup(entries, summary, train_source=str(train_summary))

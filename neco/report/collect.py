@@ -6,7 +6,8 @@ STYLE P10-P11, evaluation.md §1.7. Every eval stage writes
     {"protocol": "linear", "dataset": "voc", "backbone": "dinov2_vits14_xr",
      "models": {"init": {...result.to_dict()...}, "neco": {...}}}
 
-``collect`` validates those dicts into ``EvalEntry`` objects, ``rollup`` turns them into the
+plus ``"baseline"`` for a backbone with a paper baseline (``neco.evals.models``). ``collect``
+validates those dicts into ``EvalEntry`` objects, ``rollup`` turns them into the
 ~20 headline leaves of ``reports/metrics.json`` (the only declared DVC metrics file).
 ``neco.report.document`` lays out ``reports/tables.md`` (tables in ``neco.report.tables``,
 settings footnotes in ``neco.report.settings``). Everything here is pure except
@@ -27,7 +28,8 @@ from typing import Any
 # Fixed orders: tables follow the paper (Table 1a clustering, Table 2 linear, Figure 2 in-context).
 PROTOCOL_ORDER: tuple[str, ...] = ("overcluster", "linear", "hbird")
 DATASET_ORDER: tuple[str, ...] = ("voc", "coco_things", "coco_stuff", "ade20k")
-MODEL_ORDER: tuple[str, ...] = ("init", "neco")
+# The paper's baseline model (where the backbone has one, neco.evals.models) leads, as in the paper.
+MODEL_ORDER: tuple[str, ...] = ("baseline", "init", "neco")
 TRAIN_ROLLUP: tuple[tuple[str, int], ...] = (  # (summary key, decimals)
     ("initial_loss", 4), ("final_loss", 4), ("steps", 0),
 )
@@ -46,7 +48,7 @@ class EvalEntry:
         protocol: e.g. ``linear``.
         dataset: e.g. ``voc``.
         backbone: backbone key, e.g. ``dinov2_vits14_xr``.
-        models: model name (``init``, ``neco``) -> the protocol's result dict.
+        models: model name (``init``, ``neco``, ``baseline``) -> the protocol's result dict.
         source: the file it came from (for messages).
     """
 
@@ -232,6 +234,8 @@ def rollup(entries: Sequence[EvalEntry], train_summary: Mapping[str, Any], *,
     * ``hbird.<dataset>.<model>.f<a>_<b>.miou`` per memory fraction (mean over subsets);
     * ``<protocol>.<dataset>.delta``: NeCo - init of the primary ``miou`` (linear: the selected
       epoch; overcluster: K = C; hbird: fraction 1/1);
+    * ``<protocol>.<dataset>.delta_baseline``: NeCo - baseline of the same number, where the
+      file has the paper's ``baseline`` model (the Δ the paper's tables print);
     * ``train.initial_loss``, ``train.final_loss`` (4 decimals) and ``train.steps``;
       ``final_loss`` is required. Throughput is not a result: it lives in the untracked
       ``reports/timings/`` files, so the roll-up depends on params and inputs only.
@@ -255,9 +259,12 @@ def rollup(entries: Sequence[EvalEntry], train_summary: Mapping[str, Any], *,
                     out[f"{base}.{model}.{fraction_key(run['fraction'])}.miou"] = pct(run["mean"])
             else:
                 out[f"{base}.{model}.miou"] = pct(res["miou"])
-        init, neco = (e.models.get(m, {}).get("miou") for m in ("init", "neco"))
+        init, neco, baseline = (e.models.get(m, {}).get("miou")
+                                for m in ("init", "neco", "baseline"))
         if init is not None and neco is not None:
             out[f"{base}.delta"] = pct(neco - init)
+        if baseline is not None and neco is not None:
+            out[f"{base}.delta_baseline"] = pct(neco - baseline)
     if "final_loss" not in train_summary:
         raise ReportInputError(f"{train_source}: final_loss: missing")
     for key, decimals in TRAIN_ROLLUP:

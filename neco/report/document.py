@@ -48,15 +48,33 @@ def _train_section(summary: Mapping[str, Any], loss_figure: str | None) -> list[
 
 
 def _config_section(resolved: Mapping[str, Any]) -> list[str]:
-    """``key | value | origin``; origin (params / recipe) from the ``origin`` mapping, if any."""
-    origin = resolved.get("origin")
-    origin = origin if isinstance(origin, Mapping) else {}
-    flat = flatten({k: v for k, v in resolved.items() if k != "origin"})
+    """The training resolution: one line (matches the paper recipe or not), then every recipe
+    value with its params key, origin (params / preset / recipe) and paper setting (⚑ where it
+    differs), then every other setting that differs from the paper's."""
+    values = resolved.get("values")
+    if not isinstance(values, Mapping):
+        return ["No resolved configuration."]
+    def mapping(key: str) -> Mapping[str, Any]:
+        value = resolved.get(key)
+        return value if isinstance(value, Mapping) else {}
+
+    origin, paper = mapping("origin"), mapping("paper")
+    keys, deviations = mapping("params_keys"), mapping("deviations")
+    head = [f"Preset `{resolved.get('preset')}`, backbone `{resolved.get('backbone')}`, recipe "
+            f"{resolved.get('recipe')}.", ""]
+    if resolved.get("summary"):
+        head += [("" if resolved.get("matches_paper") else "⚑ ") + str(resolved["summary"]), ""]
     rows = []
-    for key in sorted(flat, key=lambda k: (k.count("."), k)):
-        src = origin.get(key, origin.get(key.split(".", 1)[-1], ""))
-        rows.append([key, fmt_value(flat[key]), str(src)])
-    return md_table(["key", "value", "origin"], rows, numeric=False)
+    for name in values:
+        dotted = str(keys.get(name, name))
+        want = paper.get(name)
+        flag = " ⚑" if dotted in deviations else ""
+        rows.append([dotted, fmt_value(values[name]) + flag, str(origin.get(name, "")),
+                     "–" if want is None else fmt_value(want)])
+    other = [[k, fmt_value(v.get("value")) + " ⚑", "params", fmt_value(v.get("paper"))]
+             for k, v in deviations.items() if k not in {str(keys.get(n, n)) for n in values}
+             and isinstance(v, Mapping)]
+    return head + md_table(["key", "value", "origin", "paper"], rows + other, numeric=False)
 
 
 RANDOM_INIT_NOTE = (

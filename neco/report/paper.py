@@ -14,6 +14,74 @@ lookup here:
 * method labels are tried in the entry's priority order, then settings, then CSV order;
 * README in-context numbers state no memory fraction; they are used for 1/1 only when no
   Figure 2 number exists, and the returned reference carries the CSV note saying so.
+
+Baselines (:func:`paper_role`, issue 10): the paper's init-labelled rows sit beside the eval
+model that *is* the paper's baseline. That is ``init`` (the training start) unless the registry
+entry names a ``baseline``: ``dinov2_vit{s,b}14_xr`` trains from the register checkpoint with
+its registers dropped, while the paper's "DINOv2R" rows are the hub register model (method.md
+§13, presumed), so they sit beside our ``baseline`` eval model (the same weight file loaded as
+``dinov2_vit{s,b}14_reg``, 4 registers) and Δ = NeCo − baseline on both sides; the XR ``init``
+gets no paper row.
+
+The pairings below are :func:`pairing_table` of the registry and ``paper_results.csv``
+(hand-copied here; ``tests/test_baselines.py`` checks that they agree). "Row model" is the
+registry architecture the paper row is attributed to, loaded from that backbone's official
+weight file (registers in the model in brackets; ``neco``: NeCo trained from it). "Tables": the
+CSV tables holding rows the lookup can use (T1a, T2, T3, F2 = Figure 2, README). So every
+init-labelled paper row is attributed to exactly one model of ours: "DINOv2R" is
+``dinov2_vit{s,b}14_reg`` with its registers, whether it sits beside the ``init`` of the
+``_reg`` backbone or the ``baseline`` of the ``_xr`` one (that "DINOv2R" is the register model
+is presumed, method.md §13, unverified; DIP measures a 4.3-point higher in-context VOC baseline,
+79.4 vs Figure 2's 75.1). Below the table: the usable CSV labels paired with no model of ours
+(:data:`UNPAIRED_LABELS`).
+
+| backbone | ours | paper row | tables | row model |
+|:---|:---|:---|:---|:---|
+| `dinov2_vits14` | `init` | – | – | `dinov2_vits14` (0) |
+| `dinov2_vits14` | `neco` | NeCo on DINOv2 ViT-S/14 | README | NeCo of `dinov2_vits14` |
+| `dinov2_vits14_reg` | `init` | DINOv2R ViT-S/14 | T1a T2 F2 | `dinov2_vits14_reg` (4) |
+| `dinov2_vits14_reg` | `neco` | NeCo on DINOv2R ViT-S/14 | README | NeCo of `dinov2_vits14_reg` |
+| `dinov2_vits14_xr` | `baseline` | DINOv2R ViT-S/14 | T1a T2 F2 | `dinov2_vits14_reg` (4) |
+| `dinov2_vits14_xr` | `init` | – | – | `dinov2_vits14_xr` (0) |
+| `dinov2_vits14_xr` | `neco` | NeCo ViT-S/14 | T1a T2 F2 | NeCo of `dinov2_vits14_xr` |
+| `dinov2_vits14_xr` | `neco` | NeCo on DINOv2R-XR ViT-S/14 | README | NeCo of `dinov2_vits14_xr` |
+| `dinov2_vitb14` | `init` | – | – | `dinov2_vitb14` (0) |
+| `dinov2_vitb14` | `neco` | NeCo on DINOv2 ViT-B/14 | README | NeCo of `dinov2_vitb14` |
+| `dinov2_vitb14_reg` | `init` | DINOv2R ViT-B/14 | T2 | `dinov2_vitb14_reg` (4) |
+| `dinov2_vitb14_reg` | `neco` | NeCo on DINOv2R ViT-B/14 | README | NeCo of `dinov2_vitb14_reg` |
+| `dinov2_vitb14_xr` | `baseline` | DINOv2R ViT-B/14 | T2 | `dinov2_vitb14_reg` (4) |
+| `dinov2_vitb14_xr` | `init` | – | – | `dinov2_vitb14_xr` (0) |
+| `dinov2_vitb14_xr` | `neco` | NeCo ViT-B/14 | T2 | NeCo of `dinov2_vitb14_xr` |
+| `dinov2_vitb14_xr` | `neco` | NeCo on DINOv2R-XR ViT-B/14 | README | NeCo of `dinov2_vitb14_xr` |
+| `dino_vits16` | `init` | DINO ViT-S/16 | T1a T2 T3 F2 | `dino_vits16` (0) |
+| `dino_vits16` | `neco` | NeCo (init: DINO) ViT-S/16 | T3 | NeCo of `dino_vits16` |
+| `dino_vits16` | `neco` | NeCo on DINO ViT-S/16 | README | NeCo of `dino_vits16` |
+| `dino_vitb16` | `init` | DINO ViT-B/16 | T2 F2 | `dino_vitb16` (0) |
+| `dino_vitb16` | `neco` | – | – | NeCo of `dino_vitb16` |
+| `ibot_vits16` | `init` | iBOT ViT-S/16 | T1a T2 T3 | `ibot_vits16` (0) |
+| `ibot_vits16` | `neco` | NeCo (init: iBOT) ViT-S/16 | T3 | NeCo of `ibot_vits16` |
+| `ibot_vitb16` | `init` | iBOT ViT-B/16 | T2 | `ibot_vitb16` (0) |
+| `ibot_vitb16` | `neco` | – | – | NeCo of `ibot_vitb16` |
+| `cribo_vits16` | `init` | CrIBo ViT-S/16 | T1a T2 T3 F2 | `cribo_vits16` (0) |
+| `cribo_vits16` | `neco` | NeCo (init: CrIBo) ViT-S/16 | T3 | NeCo of `cribo_vits16` |
+| `cribo_vitb16` | `init` | CrIBo ViT-B/16 | T2 F2 | `cribo_vitb16` (0) |
+| `cribo_vitb16` | `neco` | – | – | NeCo of `cribo_vitb16` |
+| `timetuning_vits16` | `init` | TimeT ViT-S/16 | T1a T2 T3 F2 | `timetuning_vits16` (0) |
+| `timetuning_vits16` | `neco` | NeCo (init: TimeT) ViT-S/16 | T3 | NeCo of `timetuning_vits16` |
+| `timetuning_vits16` | `neco` | NeCo on TimeT ViT-S/16 | README | NeCo of `timetuning_vits16` |
+| `leopart_vits16` | `init` | Leopart ViT-S/16 | T3 F2 | `leopart_vits16` (0) |
+| `leopart_vits16` | `neco` | NeCo (init: Leopart) ViT-S/16 | T3 | NeCo of `leopart_vits16` |
+| `leopart_vits16` | `neco` | NeCo on Leopart ViT-S/16 | README | NeCo of `leopart_vits16` |
+
+* CrOC ViT-S/16 (T1a T2 F2): not registered.
+* DINOv2R (DIP re-eval) ViT-B/14 (F2): DIP's re-evaluation, not a number of the paper.
+* DINOv2R (DIP re-eval) ViT-S/14 (F2): DIP's re-evaluation, not a number of the paper.
+* Hummingbird ViT-B/16 (F2): not registered.
+* Leopart ViT-B/16 (F2): not registered (ours: ViT-S/16 only).
+* MAE ViT-B/16 (T2): not registered.
+* NeCo (DIP re-eval) ViT-B/14 (F2): DIP's re-evaluation, not a number of the paper.
+* NeCo (DIP re-eval) ViT-S/14 (F2): DIP's re-evaluation, not a number of the paper.
+* SelfPatch ViT-S/16 (F2): not registered.
 """
 
 from __future__ import annotations
@@ -26,7 +94,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from neco.models.registry import BACKBONES, PaperLabels
+from neco.models.registry import BACKBONES, PaperLabels, get_spec
 
 PAPER_COLUMNS: tuple[str, ...] = (
     "table", "method", "backbone", "eval", "dataset", "setting", "value", "source", "note",
@@ -247,3 +315,126 @@ def lookup(rows: Sequence[PaperRow], *, backbone: str, role: str, protocol: str,
                         and row.dataset == ds_label and row.setting == setting):
                     return PaperRef(row.value, f"{method} {model.arch}", TABLE_TAGS[row.table], row)
     return None
+
+
+def paper_role(backbone: str, model: str) -> str | None:
+    """The :class:`PaperLabels` role (``init`` / ``neco``) printed beside our eval ``model``.
+
+    ``neco`` -> ``neco``. The ``init`` rows go beside our ``baseline`` when the registry entry
+    names one (then our ``init`` gets no paper row), else beside our ``init``. Other models
+    (and ``baseline`` of a backbone without one) get none.
+    """
+    spec = BACKBONES.get(backbone)
+    has_baseline = spec is not None and spec.baseline is not None
+    if model == "neco":
+        return "neco"
+    if model == "baseline":
+        return "init" if has_baseline else None
+    if model == "init":
+        return None if has_baseline else "init"
+    return None
+
+
+def reference_model(backbone: str) -> str:
+    """Our eval model the paper's init rows and Δ refer to: ``baseline`` or ``init``."""
+    spec = BACKBONES.get(backbone)
+    return "baseline" if spec is not None and spec.baseline is not None else "init"
+
+
+#: CSV labels (``"<method> <arch>"``) of rows the lookup could use that no model of ours is
+#: paired with, and why. ``tests/test_baselines.py`` checks this is exactly that set.
+UNPAIRED_LABELS: dict[str, str] = {
+    "CrOC ViT-S/16": "not registered",
+    "DINOv2R (DIP re-eval) ViT-B/14": "DIP's re-evaluation, not a number of the paper",
+    "DINOv2R (DIP re-eval) ViT-S/14": "DIP's re-evaluation, not a number of the paper",
+    "Hummingbird ViT-B/16": "not registered",
+    "Leopart ViT-B/16": "not registered (ours: ViT-S/16 only)",
+    "MAE ViT-B/16": "not registered",
+    "NeCo (DIP re-eval) ViT-B/14": "DIP's re-evaluation, not a number of the paper",
+    "NeCo (DIP re-eval) ViT-S/14": "DIP's re-evaluation, not a number of the paper",
+    "SelfPatch ViT-S/16": "not registered",
+}
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """One of our (backbone, eval model) cells and the paper rows printed beside it.
+
+    Attributes:
+        backbone: registry key.
+        model: our eval model (``baseline``, ``init``, ``neco``).
+        label: the paper's ``"<method> <arch>"``, ``None`` if no paper row sits beside it.
+        tags: the tables holding usable rows of that label (:data:`TABLE_TAGS` values).
+        row_model: registry name of the architecture evaluated (``neco``: trained from it).
+        registers: register tokens in that architecture.
+    """
+
+    backbone: str
+    model: str
+    label: str | None
+    tags: tuple[str, ...]
+    row_model: str
+    registers: int
+
+
+def _usable(row: PaperRow) -> bool:
+    return (row.table in TABLE_TAGS and row.eval in PROTOCOL_EVALS.values()
+            and row.dataset in DATASET_LABELS.values())
+
+
+def _tags(rows: Sequence[PaperRow], method: str, arch: str) -> tuple[str, ...]:
+    found = {TABLE_TAGS[r.table] for r in rows
+             if _usable(r) and r.method == method and r.backbone == arch}
+    return tuple(t for t in dict.fromkeys(TABLE_TAGS.values()) if t in found)
+
+
+def paper_pairings(rows: Sequence[PaperRow]) -> list[Pairing]:
+    """Every (backbone, eval model) of a backbone with paper labels and its paper rows.
+
+    One :class:`Pairing` per label (a model whose role has none, or no role, gets one with
+    ``label=None``), in registry order, then ``baseline``, ``init``, ``neco``.
+    """
+    out: list[Pairing] = []
+    for spec in BACKBONES.values():
+        if spec.paper is None:
+            continue
+        models = (["baseline"] if spec.baseline is not None else []) + ["init", "neco"]
+        for model in models:
+            arch = get_spec(spec.baseline) if model == "baseline" and spec.baseline else spec
+            role = paper_role(spec.name, model)
+            labels = _labels(spec.paper, role) if role else ()
+            for method in labels or (None,):
+                out.append(Pairing(
+                    backbone=spec.name, model=model,
+                    label=None if method is None else f"{method} {spec.paper.arch}",
+                    tags=() if method is None else _tags(rows, method, spec.paper.arch),
+                    row_model=arch.name, registers=arch.num_registers,
+                ))
+    return out
+
+
+def unpaired_labels(rows: Sequence[PaperRow]) -> dict[str, tuple[str, ...]]:
+    """Usable CSV labels no :func:`paper_pairings` entry uses -> the tables holding them."""
+    paired = {p.label for p in paper_pairings(rows)}
+    out: dict[str, tuple[str, ...]] = {}
+    for r in rows:
+        label = f"{r.method} {r.backbone}"
+        if _usable(r) and label not in paired and label not in out:
+            out[label] = _tags(rows, r.method, r.backbone)
+    return dict(sorted(out.items()))
+
+
+def pairing_table(rows: Sequence[PaperRow]) -> str:
+    """The module docstring's pairing table and unpaired-label list, as markdown."""
+    lines = ["| backbone | ours | paper row | tables | row model |",
+             "|:---|:---|:---|:---|:---|"]
+    for p in paper_pairings(rows):
+        model = (f"NeCo of `{p.row_model}`" if p.model == "neco"
+                 else f"`{p.row_model}` ({p.registers})")
+        lines.append(f"| `{p.backbone}` | `{p.model}` | {p.label or '–'} | "
+                     f"{' '.join(p.tags) or '–'} | {model} |")
+    lines.append("")
+    for label, tags in unpaired_labels(rows).items():
+        reason = UNPAIRED_LABELS.get(label, "(no reason recorded)")
+        lines.append(f"* {label} ({' '.join(tags)}): {reason}.")
+    return "\n".join(lines)

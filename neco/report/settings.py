@@ -84,6 +84,24 @@ def setting_differences(settings: Mapping[str, Any],
     return diffs
 
 
+def training_differences(result: Mapping[str, Any]) -> list[str]:
+    """The paper-recipe deviations of the training that produced a result's model.
+
+    From ``provenance.training.deviations`` (``neco.models.recipes.Resolution``), as
+    ``"training train.loss.roi_k=4 (paper 7)"``; empty for a model this pipeline did not train
+    (the init, a baseline, a released checkpoint) or a training that matches the paper.
+    """
+    prov = result.get("provenance")
+    training = prov.get("training") if isinstance(prov, Mapping) else None
+    deviations = training.get("deviations") if isinstance(training, Mapping) else None
+    if not isinstance(deviations, Mapping):
+        return []
+    order = training.get("summary_order") if isinstance(training, Mapping) else None
+    keys = list(order) if isinstance(order, list) else sorted(deviations)
+    return [f"training {k}={_as_text(deviations[k].get('value'))} "
+            f"(paper {_as_text(deviations[k].get('paper'))})" for k in keys if k in deviations]
+
+
 class Notes:
     """Fingerprint footnotes, numbered in order of first use.
 
@@ -100,10 +118,18 @@ class Notes:
         self._users: dict[int, list[str]] = {}
 
     def mark(self, entry: EvalEntry, model: str) -> str:
-        """``" [n]"``, or ``" [n]⚑"`` when the setting differs, for one model of ``entry``."""
+        """``" [n]"``, or ``" [n]⚑"`` when the setting differs, for one model of ``entry``.
+
+        The evaluation settings are compared with ``report.paper_settings_<protocol>``; a model
+        this pipeline trained is also compared with the paper's *training* recipe (its
+        ``provenance.training.deviations``: head, ROI, references, batch, epochs, ...).
+        """
         res = entry.models[model]
         paper = self.paper.get(entry.protocol)
         diffs = tuple(setting_differences(res["settings"], paper)) if paper is not None else None
+        trained = training_differences(res)
+        if trained:
+            diffs = (*(diffs or ()), *trained)
         n = self._num.setdefault((entry.protocol, res["fingerprint"], diffs), len(self._num) + 1)
         user = f"{DATASET_LABELS.get(entry.dataset, entry.dataset)} {ROLE_NAMES.get(model, model)}"
         if user not in self._users.setdefault(n, []):

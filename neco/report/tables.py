@@ -7,6 +7,11 @@ retrieval like Figure 2 (columns memory fractions, rows dataset × model). Each 
 ``neco.report.paper`` (a dash where none applies). mIoU is in percent with 1 decimal. Every number
 of ours carries a footnote ``[n]`` with its fingerprint; ``⚑`` marks settings that differ from the
 paper setting (``neco.report.settings``).
+
+For a backbone with a paper baseline (``dinov2_vit{s,b}14_xr``; ``neco.report.paper.paper_role``)
+the paper's init rows ("DINOv2R") follow our ``baseline`` row (the hub register model, registers
+kept) and both Δ rows are NeCo − baseline; our ``init`` (XR: registers dropped, the training
+start) is a second, labelled baseline with its own Δ and no paper row.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from neco.models.registry import BACKBONES
 from neco.report.collect import MODEL_ORDER, EvalEntry, fraction_sort_key, gt_result, ordered
 from neco.report.paper import (
     DATASET_LABELS,
@@ -23,7 +29,9 @@ from neco.report.paper import (
     PaperRow,
     lookup,
     paper_model_label,
+    paper_role,
     paper_setting,
+    reference_model,
 )
 from neco.report.settings import ROLE_NAMES, Notes
 
@@ -116,31 +124,59 @@ def _ours(col: Column, model: str, notes: Notes) -> tuple[str, float | None]:
     return text + notes.mark(col.entry, model), float(value)
 
 
+def _name(backbone: str, model: str) -> str:
+    """A model's row name: ``ROLE_NAMES``; with a paper baseline, both baselines say which."""
+    spec = BACKBONES.get(backbone)
+    if spec is None or spec.baseline is None or model not in ("baseline", "init"):
+        return ROLE_NAMES.get(model, model)
+    if model == "baseline":
+        return f"baseline `{spec.baseline}`"
+    return f"init ({_init_note(backbone)})"
+
+
+def _init_note(backbone: str) -> str:
+    """What the ``init`` of a backbone with a paper baseline is (XR: its registers dropped)."""
+    spec = BACKBONES[backbone]
+    return "XR: registers dropped" if spec.key_map == "dinov2_xr" else "not the paper's baseline"
+
+
+def _delta(values: Mapping[str, list[float | None]], a: str, b: str) -> list[str]:
+    return [f"{100 * (y - x):+.1f}" if x is not None and y is not None else DASH
+            for x, y in zip(values[a], values[b], strict=True)]
+
+
 def _role_rows(cols: Sequence[Column], models: Sequence[str], paper_rows: Sequence[PaperRow],
                notes: Notes) -> list[Row]:
-    """Per model our row then the paper's (init and NeCo only), then Δ NeCo − init rows."""
+    """Per model our row then the paper's (``paper_role``), then the Δ rows.
+
+    Δ NeCo − reference (``baseline`` where the backbone has one, else ``init``) with the paper's
+    Δ below it; with a baseline also Δ NeCo − init (ours only: the paper has no XR-init row).
+    """
     rows: list[Row] = []
     values: dict[str, list[float | None]] = {}
     refs: dict[str, list[PaperRef | None]] = {}
+    backbone = cols[0].entry.backbone if cols else ""
     for model in models:
-        name = ROLE_NAMES.get(model, model)
+        name = _name(backbone, model)
         cells = [_ours(col, model, notes) for col in cols]
         rows.append([f"{name} (ours)"] + [text for text, _ in cells])
         values[model] = [value for _, value in cells]
-        if model in MODEL_ORDER:
-            backbone = cols[0].entry.backbone
-            refs[model] = [lookup(paper_rows, backbone=backbone, role=model,
+        role = paper_role(backbone, model) if model in MODEL_ORDER else None
+        if role is not None:
+            refs[model] = [lookup(paper_rows, backbone=backbone, role=role,
                                   protocol=col.entry.protocol, dataset=col.entry.dataset,
                                   settings=col.paper) for col in cols]
-            rows.append([f"{name}, paper: {paper_model_label(backbone, model) or DASH}"]
+            rows.append([f"{name}, paper: {paper_model_label(backbone, role) or DASH}"]
                         + [f"{r.value:.1f} ({r.tag})" if r else DASH for r in refs[model]])
-    if "init" in values and "neco" in values:
-        rows.append(["Δ NeCo − init (ours)"] + [
-            f"{100 * (b - a):+.1f}" if a is not None and b is not None else DASH
-            for a, b in zip(values["init"], values["neco"], strict=True)])
+    ref = reference_model(backbone)
+    if ref in values and "neco" in values:
+        rows.append([f"Δ NeCo − {_name(backbone, ref)} (ours)"] + _delta(values, ref, "neco"))
         rows.append(["Δ, paper"] + [
             f"{b.value - a.value:+.1f}" if a and b else DASH
-            for a, b in zip(refs["init"], refs["neco"], strict=True)])
+            for a, b in zip(refs[ref], refs["neco"], strict=True)])
+    if ref != "init" and "init" in values and "neco" in values:
+        rows.append([f"Δ NeCo − {_name(backbone, 'init')} (ours)"]
+                    + _delta(values, "init", "neco"))
     return rows
 
 
@@ -157,8 +193,15 @@ def _models(entries: Sequence[EvalEntry]) -> list[str]:
 
 def _backbone_line(backbone: str) -> str:
     init, neco = paper_model_label(backbone, "init"), paper_model_label(backbone, "neco")
-    return (f"Backbone `{backbone}`; paper rows: init = {init or DASH}, "
-            f"NeCo = {neco or DASH}.")
+    spec = BACKBONES.get(backbone)
+    if spec is None or spec.baseline is None:
+        return (f"Backbone `{backbone}`; paper rows: init = {init or DASH}, "
+                f"NeCo = {neco or DASH}.")
+    regs = BACKBONES[spec.baseline].num_registers if spec.baseline in BACKBONES else 0
+    return (f"Backbone `{backbone}`; paper rows: baseline = {init or DASH} beside our "
+            f"`baseline` (`{spec.baseline}`: the same weight file with its {regs} registers), "
+            f"NeCo = {neco or DASH}; Δ = NeCo − baseline. Our `init` ({_init_note(backbone)}) is "
+            "the training start: a second baseline, with its own Δ and no paper row.")
 
 
 def _cluster_columns(entry: EvalEntry) -> list[tuple[Column, str, str | None]]:

@@ -8,6 +8,12 @@ Each sample is ``(views, gc, all)``:
 
 as in method.md §3. The trainer divides the boxes by the patch size (token units).
 
+With ``train.augment_device: accelerator`` the workers only decode: a sample is a
+:class:`DecodedSample` (the ``uint8`` image, its manifest boxes and the photometric draws), the
+loader collates a :class:`DecodedBatch`, and ``NeCoModule.on_after_batch_transfer`` cuts and
+augments it on the device (:func:`neco.method.tensor_augment.augment_batch`) into the same
+``(views, gc, all)``.
+
 The epoch selects the manifest rows, so augmentation geometry is read, not drawn. The sampler
 is a ``DistributedSampler`` in every case (one replica on a single device), shuffled with
 ``seed`` and the epoch, and drops the last incomplete batch so that the schedule length equals
@@ -17,7 +23,7 @@ the real number of optimiser steps (method.md §10).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,6 +32,29 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from neco.method.augment import PhotometricParams, make_views
 from neco.method.manifest import ManifestIndex
+from neco.method.tensor_augment import AugmentDevice, ViewDraws, draw_views, stack_draws
+
+
+def check_manifest(images: Any, manifest: ManifestIndex, epoch: int) -> None:
+    """Raise unless ``manifest`` indexes exactly ``images`` and holds ``epoch``."""
+    if list(manifest.image_ids) != list(images.ids):
+        raise ValueError(
+            "crop manifest does not match the training split: "
+            f"{len(manifest.image_ids)} manifest ids vs {len(images.ids)} split ids; "
+            "rerun the crops stage (`dvc repro crops`)"
+        )
+    if not 0 <= epoch < manifest.num_epochs:
+        raise ValueError(
+            f"epoch {epoch} is outside the crop manifest ({manifest.num_epochs} epochs); "
+            "train.epochs and the manifest disagree — rerun the crops stage"
+        )
+
+
+def _boxes(gc: np.ndarray, all_: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.from_numpy(np.asarray(gc, np.float32)),
+        torch.from_numpy(np.asarray(all_, np.float32)),
+    )
 
 
 class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]):
@@ -48,17 +77,7 @@ class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Ten
         params: PhotometricParams,
         seed: int,
     ) -> None:
-        if list(manifest.image_ids) != list(images.ids):
-            raise ValueError(
-                "crop manifest does not match the training split: "
-                f"{len(manifest.image_ids)} manifest ids vs {len(images.ids)} split ids; "
-                "rerun the crops stage (`dvc repro crops`)"
-            )
-        if not 0 <= epoch < manifest.num_epochs:
-            raise ValueError(
-                f"epoch {epoch} is outside the crop manifest ({manifest.num_epochs} epochs); "
-                "train.epochs and the manifest disagree — rerun the crops stage"
-            )
+        check_manifest(images, manifest, epoch)
         self.images = images
         self.manifest = manifest
         self.epoch = epoch
@@ -74,8 +93,95 @@ class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Ten
         views = make_views(
             img, rects, sizes, params=self.params, seed=self.seed, epoch=self.epoch, index=index
         )
-        return views, torch.from_numpy(np.asarray(gc, np.float32)), torch.from_numpy(
-            np.asarray(all_, np.float32)
+        return (views, *_boxes(gc, all_))
+
+
+class DecodedSample(NamedTuple):
+    """One image for accelerator augmentation (``train.augment_device: accelerator``).
+
+    Attributes:
+        image: the decoded RGB image ``(3, H, W)`` uint8.
+        rects: the manifest's crop boxes ``(C, 4)`` int64 ``(x, y, w, h)``, original pixels.
+        sizes: output side per view ``(C,)`` int64.
+        draws: the photometric parameters of the C views (``L = (C,)``).
+        gc, all_: the overlap boxes ``(A, C, 4)`` and ``(C, A, 4)``, as in the CPU path.
+    """
+
+    image: torch.Tensor
+    rects: np.ndarray
+    sizes: np.ndarray
+    draws: ViewDraws
+    gc: torch.Tensor
+    all_: torch.Tensor
+
+
+class DecodedBatch(NamedTuple):
+    """A collated batch of :class:`DecodedSample`: images stay a list (their sizes differ).
+
+    Attributes:
+        images: B images ``(3, H_b, W_b)`` uint8.
+        rects: ``(B, C, 4)`` int64 (host numpy: the cut reads them without a device sync).
+        sizes: ``(B, C)`` int64 (host numpy).
+        draws: photometric parameters, ``L = (B, C)`` (host numpy).
+        gc, all_: ``(B, A, C, 4)`` and ``(B, C, A, 4)`` float32 tensors.
+    """
+
+    images: list[torch.Tensor]
+    rects: np.ndarray
+    sizes: np.ndarray
+    draws: ViewDraws
+    gc: torch.Tensor
+    all_: torch.Tensor
+
+
+def collate_decoded(samples: list[DecodedSample]) -> DecodedBatch:
+    """Stack :class:`DecodedSample` s into a :class:`DecodedBatch`."""
+    return DecodedBatch(
+        images=[s.image for s in samples],
+        rects=np.stack([s.rects for s in samples]),
+        sizes=np.stack([s.sizes for s in samples]),
+        draws=stack_draws([s.draws for s in samples]),
+        gc=torch.stack([s.gc for s in samples]),
+        all_=torch.stack([s.all_ for s in samples]),
+    )
+
+
+class DecodedMultiCropDataset(Dataset[DecodedSample]):
+    """Images of one epoch, decoded, with their manifest boxes and photometric draws.
+
+    The accelerator counterpart of :class:`MultiCropDataset` (same arguments): the worker
+    decodes and draws the parameters from the CPU path's generators, the device cuts and
+    augments.
+    """
+
+    def __init__(
+        self,
+        images: Any,
+        manifest: ManifestIndex,
+        *,
+        epoch: int,
+        params: PhotometricParams,
+        seed: int,
+    ) -> None:
+        check_manifest(images, manifest, epoch)
+        self.images = images
+        self.manifest = manifest
+        self.epoch = epoch
+        self.params = params
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> DecodedSample:
+        rects, sizes, gc, all_ = self.manifest.get(self.epoch, index)
+        pixels = np.array(self.images.load(index), dtype=np.uint8)  # (H, W, 3), writable
+        draws = draw_views(
+            self.params, seed=self.seed, epoch=self.epoch, index=index, num_views=len(rects)
+        )
+        return DecodedSample(
+            torch.from_numpy(pixels).permute(2, 0, 1), rects.copy(), sizes.copy(), draws,
+            *_boxes(gc, all_),
         )
 
 
@@ -92,6 +198,9 @@ class NeCoDataModule(pl.LightningDataModule):
         world_size: training processes, ``train.devices x train.num_nodes``: checked here
             (the batch must split evenly) and against the Trainer's ``world_size``; None = take
             the Trainer's.
+        augment_device: where views are augmented (``train.augment_device``); None = the
+            attached module's ``augment_device`` (``NeCoModule`` reads it from its config), or
+            the CPU path without one.
     """
 
     def __init__(
@@ -104,8 +213,10 @@ class NeCoDataModule(pl.LightningDataModule):
         seed: int,
         num_workers: int,
         world_size: int | None = None,
+        augment_device: AugmentDevice | None = None,
     ) -> None:
         super().__init__()
+        self.augment_device = augment_device
         self.images = images
         self.manifest = ManifestIndex.from_path(manifest_path)
         self.global_batch_size = global_batch_size
@@ -149,11 +260,18 @@ class NeCoDataModule(pl.LightningDataModule):
                 f"NeCoDataModule was built for {self.world_size} processes (train.devices x "
                 f"train.num_nodes) but the Trainer runs {world}"
             )
-        ds = MultiCropDataset(
-            self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
-        )
-        sampler: DistributedSampler[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]
-        sampler = DistributedSampler(
+        ds: Dataset[Any]
+        collate: Any = None  # torch's default_collate
+        if self.resolved_augment_device() is AugmentDevice.ACCELERATOR:
+            ds = DecodedMultiCropDataset(
+                self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
+            )
+            collate = collate_decoded
+        else:
+            ds = MultiCropDataset(
+                self.images, self.manifest, epoch=epoch, params=self.params, seed=self.seed
+            )
+        sampler: DistributedSampler[Any] = DistributedSampler(
             ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
         sampler.set_epoch(epoch)
@@ -162,7 +280,16 @@ class NeCoDataModule(pl.LightningDataModule):
             batch_size=self.per_device_batch(world),
             sampler=sampler,
             num_workers=self.num_workers,
+            collate_fn=collate,
             drop_last=True,
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def resolved_augment_device(self) -> AugmentDevice:
+        """The explicit ``augment_device``, else the attached module's, else the CPU path."""
+        if self.augment_device is not None:
+            return self.augment_device
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        device = getattr(module, "augment_device", None)
+        return device if isinstance(device, AugmentDevice) else AugmentDevice.CPU

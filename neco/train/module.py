@@ -41,8 +41,10 @@ from neco.method.loss import loss_from_maps, validate_loss_config
 from neco.method.optim import apply_trainable_blocks, param_groups, set_weight_decay
 from neco.method.references import ReferenceQueue
 from neco.method.schedules import cosine_schedule, ema_update
+from neco.method.tensor_augment import AugmentDevice, augment_batch, parse_augment_device
 from neco.models.fetch import weights_cache_dir
 from neco.models.vit import Backbone, build_backbone
+from neco.train.datamodule import DecodedBatch
 
 
 def effective_loss_config(loss: LossConfig, resolved: dict[str, Any]) -> LossConfig:
@@ -100,6 +102,7 @@ class NeCoModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.cfg = train
+        self.augment_device = parse_augment_device(train.augment_device)
         self.resolved = dict(resolved)
         self.seed = seed
         self.world_size = max(1, int(world_size))
@@ -316,6 +319,26 @@ class NeCoModule(pl.LightningModule):
             if p.grad is not None and not n.endswith(".bias") and p.ndim > 1
         ]
         torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``train.augment_device: accelerator``: cut and augment the decoded batch on the device.
+
+        Runs after the transfer and outside autocast (fp32); the draws and boxes come from the
+        workers (:class:`~neco.train.datamodule.DecodedBatch`), so the result depends only on
+        ``(seed, epoch, image)``. A CPU-augmented batch passes through unchanged.
+        """
+        decoded = isinstance(batch, DecodedBatch)
+        if decoded != (self.augment_device is AugmentDevice.ACCELERATOR):
+            raise ValueError(
+                f"train.augment_device={self.augment_device.value} but the loader delivers "
+                f"{'decoded images' if decoded else 'augmented views'}; build the data module "
+                "with the same augment_device"
+            )
+        if not decoded:
+            return batch
+        with torch.no_grad():
+            views = augment_batch(batch.images, batch.rects, batch.sizes, batch.draws)
+        return views, batch.gc, batch.all_
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.cfg.ema_timing is EmaTiming.AFTER_STEP:

@@ -38,6 +38,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -52,7 +53,7 @@ from neco.config.method import CropConfig
 from neco.io import is_rank_zero, write_json
 from neco.method.augment import PhotometricParams
 from neco.models.export import export_backbone
-from neco.models.recipes import resolve_train_config
+from neco.models.recipes import Resolution, resolve_train_config
 from neco.train.datamodule import NeCoDataModule
 from neco.train.module import NeCoModule
 from neco.train.resume import (
@@ -303,6 +304,7 @@ def run_training(
     runtime: RuntimeConfig,
     init_weights: Path | None = None,
     timings_path: Path | None = None,
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
     """Post-pretrain ``train.backbone`` on ``images`` and write every output.
 
@@ -321,6 +323,9 @@ def run_training(
         timings_path: where to write this run's facts that are not results (wall time, s/step,
             images/s, whether it resumed); outside every versioned output, so that the same
             params and inputs give byte-identical outputs. None = not written.
+        resolution: where each recipe value came from and its paper deviations
+            (:func:`neco.models.recipes.load_training`), written to ``resolved_config.json``;
+            None = the values only (origins unknown).
 
     Returns:
         The training summary (written to ``live_dir/summary.json``) plus the run facts
@@ -344,7 +349,7 @@ def run_training(
             early, seed=seed, train=train, crops=crops, images=images,
             manifest_path=manifest_path, out_dir=out_dir, checkpoint_dir=checkpoint_dir,
             live_dir=live_dir, runtime=runtime, init_weights=init_weights,
-            timings_path=timings_path, logger_cls=StepLogger,
+            timings_path=timings_path, logger_cls=StepLogger, resolution=resolution,
         )
     finally:
         early.restore()
@@ -365,11 +370,13 @@ def _run(
     init_weights: Path | None,
     timings_path: Path | None,
     logger_cls: Any,
+    resolution: Resolution | None = None,
 ) -> dict[str, Any]:
     """:func:`run_training`'s body (``early`` holds the signals until Lightning takes over)."""
     # processes that share the global batch (1 CPU process unless devices x num_nodes > 1)
     world = _check_hardware(train)
-    resolved = resolve_train_config(train, crops)
+    resolved = (resolution.to_json() if resolution is not None
+                else resolve_train_config(train, crops))
     values = resolved["values"]
     plain = {"seed": seed, "train": to_plain(train), "crops": to_plain(crops), "resolved": values}
     fingerprint = config_fingerprint(plain)
@@ -392,7 +399,7 @@ def _run(
         global_batch_size=int(values["batch_size"]),
         params=PhotometricParams(train.jitter_strength, train.blur_strength),
         seed=seed,
-        num_workers=runtime.num_workers,
+        num_workers=runtime.workers(world),
         world_size=world,
     )
     steps_per_epoch = datamodule.steps_per_epoch()
@@ -448,6 +455,9 @@ def _run(
         limit_val_batches=0,
     )
     t0 = time.perf_counter()
+    # The module's on_after_batch_transfer (train.augment_device: accelerator) is meant to run
+    # with our datamodule; Lightning's notice that it does is noise on every run.
+    warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     except SystemExit as exc:

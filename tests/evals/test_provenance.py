@@ -9,6 +9,7 @@ import pytest
 
 from neco.config import EvalConfig, TrainConfig, load_section
 from neco.evals.models import model_provenance
+from neco.models.recipes import load_training
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture()
 def sections() -> tuple[TrainConfig, EvalConfig]:
     params = ROOT / "params.yaml"
-    return load_section(params, "train", TrainConfig), load_section(params, "eval", EvalConfig)
+    return load_training(params)[0], load_section(params, "eval", EvalConfig)
 
 
 def test_provenance_records_sha_variant_interp_and_training(
