@@ -32,6 +32,7 @@ from neco.models.recipes import (
     paper_hbird_input,
     paper_recipe,
     resolve_training,
+    same_value,
 )
 from neco.models.registry import BACKBONES, PAPER_FIXED, RECIPE_PARAMS
 
@@ -55,7 +56,7 @@ class Value:
 
     @property
     def differs(self) -> bool:
-        return self.has_paper and not _same(self.value, self.paper)
+        return self.has_paper and not same_value(self.value, self.paper)
 
 
 @dataclass
@@ -77,18 +78,6 @@ class Resolved:
         for part in dotted.split("."):
             node = node[part]
         return node
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
-    return bool(a == b)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", *, keep: Sequence[str] = ()
@@ -152,7 +141,7 @@ def resolve_params(params: dict[str, Any], *, params_path: str | Path = "params.
             origin[key] = resolution.origin[recipe_keys[key]]
         elif key == "eval.hbird.input_size" and hbird_null:
             origin[key] = "recipe"
-        elif key in preset_flat and _same(preset_flat[key], value):
+        elif key in preset_flat and same_value(preset_flat[key], value):
             origin[key] = "preset"
         else:
             origin[key] = "params"

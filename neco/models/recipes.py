@@ -19,6 +19,7 @@ setting for the backbone (its released recipe, the settings every released confi
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,13 @@ def _node(root: dict[str, Any], dotted: list[str], where: str) -> dict[str, Any]
     return node
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two params values are the same setting: mappings and lists element-wise, bools
+    by identity (``True != 1``), numbers to 1e-12 relative (``1e-4`` written as ``0.0001``)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(same_value(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -199,7 +204,7 @@ def resolve_training(params: dict[str, Any], *, source: str = "params",
             origin[key] = "recipe"
         else:
             given, preset_value = parent[path[-1]], _select(preset or {}, dotted)
-            origin[key] = "preset" if preset_value[0] and _same(given, preset_value[1]) \
+            origin[key] = "preset" if preset_value[0] and same_value(given, preset_value[1]) \
                 else "params"
     train = build_section(sections["train"], TrainConfig, key="train", source=source)
     crops = build_section(sections["crops"], CropConfig, key="crops", source=source)
@@ -214,12 +219,12 @@ def resolve_training(params: dict[str, Any], *, source: str = "params",
     paper = paper_recipe(spec)
     deviations: dict[str, dict[str, Any]] = {}
     for key, dotted in RECIPE_PARAMS.items():
-        if paper[key] is not None and not _same(values[key], paper[key]):
+        if paper[key] is not None and not same_value(values[key], paper[key]):
             deviations[dotted] = {"value": values[key], "paper": paper[key]}
     fixed_params = {**params, **effective}
     for dotted, want in PAPER_FIXED.items():
         found, got = _select(fixed_params, dotted)
-        if found and not _same(got, want):
+        if found and not same_value(got, want):
             deviations[dotted] = {"value": got, "paper": want}
     preset_name = params.get("preset")
     resolution = Resolution(

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neco.method.heads import ProjectionHead
+
 
 class DinoHead(nn.Module):
     """``(..., D) -> (..., K)`` prototype cosines.
@@ -38,22 +40,15 @@ class DinoHead(nn.Module):
         super().__init__()
         if min(in_dim, hidden_dim, bottleneck_dim, n_layers, num_prototypes) < 1:
             raise ValueError("DinoHead: every dimension and n_layers must be >= 1")
-        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [bottleneck_dim]
-        layers: list[nn.Module] = []
-        for i in range(n_layers):
-            linear = nn.Linear(dims[i], dims[i + 1])
-            nn.init.trunc_normal_(linear.weight, std=0.02, generator=generator)
-            nn.init.zeros_(linear.bias)
-            layers.append(linear)
-            if i < n_layers - 1:
-                layers.append(nn.GELU())
-        self.mlp = nn.Sequential(*layers)
+        # NeCo's head (trunc-normal 0.02, zero bias, GELU, L2-normalised output) is DINO's MLP
+        self.proj = ProjectionHead(in_dim, hidden_dim, bottleneck_dim, n_layers,
+                                   generator=generator)
         self.prototypes = nn.Parameter(torch.empty(num_prototypes, bottleneck_dim))
         nn.init.trunc_normal_(self.prototypes, std=0.02, generator=generator)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm bottleneck ``(..., bottleneck_dim)`` of tokens ``(..., D)``."""
-        return F.normalize(self.mlp(x), dim=-1)
+        return self.proj(x)  # type: ignore[no-any-return]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine logits ``(..., K)`` of tokens ``(..., D)``."""

@@ -57,8 +57,8 @@ def _boxes(gc: np.ndarray, all_: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
     )
 
 
-class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]):
-    """Images of one epoch, cut with the manifest's boxes and augmented.
+class _EpochImages:
+    """The images of one manifest epoch with what cutting them needs (shared by both datasets).
 
     Args:
         images: a ``neco.data.reader.ImageDataset`` (``load(i) -> PIL.Image``, ``ids``).
@@ -86,6 +86,13 @@ class MultiCropDataset(Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Ten
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+class MultiCropDataset(
+    _EpochImages, Dataset[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]
+):
+    """Images of one epoch, cut with the manifest's boxes and augmented (:class:`_EpochImages`
+    arguments)."""
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         rects, sizes, gc, all_ = self.manifest.get(self.epoch, index)
@@ -146,32 +153,13 @@ def collate_decoded(samples: list[DecodedSample]) -> DecodedBatch:
     )
 
 
-class DecodedMultiCropDataset(Dataset[DecodedSample]):
+class DecodedMultiCropDataset(_EpochImages, Dataset[DecodedSample]):
     """Images of one epoch, decoded, with their manifest boxes and photometric draws.
 
     The accelerator counterpart of :class:`MultiCropDataset` (same arguments): the worker
     decodes and draws the parameters from the CPU path's generators, the device cuts and
     augments.
     """
-
-    def __init__(
-        self,
-        images: Any,
-        manifest: ManifestIndex,
-        *,
-        epoch: int,
-        params: PhotometricParams,
-        seed: int,
-    ) -> None:
-        check_manifest(images, manifest, epoch)
-        self.images = images
-        self.manifest = manifest
-        self.epoch = epoch
-        self.params = params
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> DecodedSample:
         rects, sizes, gc, all_ = self.manifest.get(self.epoch, index)
