@@ -183,3 +183,14 @@ def test_a_missing_recipe_key_is_an_error() -> None:
     del params["train"]["loss"]["roi_k"]
     with pytest.raises(ConfigError, match="missing key 'train.loss.roi_k'"):
         resolve_training(params, source="p.yaml")
+
+
+def test_null_hbird_input_is_the_papers_side_for_the_patch_size() -> None:
+    from neco.models.recipes import paper_hbird_input, resolve_eval
+
+    assert (paper_hbird_input("dinov2_vits14_xr"), paper_hbird_input("dino_vits16")) == (504, 512)
+    params = copy.deepcopy(read_params(ROOT / "params.yaml"))
+    params["eval"]["hbird"]["input_size"] = None
+    assert resolve_eval(params, "dinov2_vitb14").hbird.input_size == 504
+    with pytest.raises(ConfigError, match="eval.hbird.input_size: null means the paper's side"):
+        paper_hbird_input("vit_huge")
