@@ -39,7 +39,7 @@ from bench.study_report import write_report
 #: Pretraining configurations (``neco.pretrain.PretrainConfig`` fields); ``random`` = no
 #: pretraining (the demo's seeded random init, ``seed`` 400 as the weights stage).
 PRETRAIN_BASE: dict[str, Any] = {
-    "backbone": "vit_tiny_demo", "seed": 0, "generator_seed": 1, "num_images": 2000,
+    "seed": 0, "generator_seed": 1, "num_images": 2000,
     "steps": 150, "batch_size": 32, "lr": 5e-4, "min_lr": 1e-5, "warmup_steps": 15,
     "weight_decay": 0.04, "weight_decay_end": 0.4, "momentum_start": 0.99, "momentum_end": 1.0,
     "grad_clip": 3.0, "drop_path": 0.0, "global_size": 112, "local_size": 48, "num_local": 4,
@@ -212,7 +212,7 @@ class Study:
             export_backbone(bb, path, record_pos_embed_interp=False)
             summary: dict[str, Any] = {"kind": "random"}
         else:
-            from neco.pretrain.config import (
+            from neco.config.pretrain import (
                 ExportNet,
                 Objective,
                 PretrainConfig,
@@ -228,7 +228,8 @@ class Study:
             values["export"] = ExportNet(values["export"])
             cfg = PretrainConfig(**values)
             curve = self.cache / "inits" / f"{init}_curve.tsv"
-            summary = run_pretraining(cfg, generator=generator_config(self.params),
+            summary = run_pretraining(cfg, backbone="vit_tiny_demo",
+                                      generator=generator_config(self.params),
                                       out_path=path, curve_path=curve, log_every=25)
             summary["curve"] = _curve_points(curve)
             summary["config"] = {**PRETRAIN_BASE, **cfg_over}

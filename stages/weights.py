@@ -8,6 +8,9 @@ Where the registry names a paper baseline (``dinov2_vit{s,b}14_xr``: the hub reg
 ``dinov2_vit{s,b}14_reg``, method.md §13), the same source file is also loaded strictly through
 the baseline's key map (registers kept) and written as ``baseline_backbone.safetensors``, the
 ``baseline`` eval model; ``weights.json`` records both load reports.
+For a backbone without published weights the init is the ``pretrain`` stage's self-supervised
+backbone (``--pretrain models/pretrain``; checked against its record: same backbone, same
+sha256), or the seeded random init where that stage did not pretrain (``pretrain.steps: 0``).
 Offline, it fails within seconds (before torch is imported) naming the URL and ``train.weights``.
 """
 
@@ -26,15 +29,18 @@ from neco.models.init_weights import (
     baseline_backbone,
     baseline_weights_source,
     initial_weights_source,
+    pretrained_source,
 )
 
-PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache"]
+PARAMS = ["seed", "train.backbone", "train.weights", "train.weights_cache", "pretrain.steps"]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="output directory (models/init)")
+    parser.add_argument("--pretrain", type=Path, default=None,
+                        help="the pretrain stage's output (models/pretrain); None = not used")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -42,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     params = load_subset(args.params, "train", WeightsParams)
     progress = load_value(args.params, "runtime.progress", bool)
     source = initial_weights_source(params, progress=progress)  # fast offline failure
+    if args.pretrain is not None:
+        steps = load_value(args.params, "pretrain.steps", int)
+        source = pretrained_source(args.pretrain, params, steps) or source
     baseline_source = baseline_weights_source(params, source)  # fails before torch, too
     baseline = baseline_backbone(params.backbone)
 

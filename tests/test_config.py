@@ -107,8 +107,8 @@ def test_unknown_top_level_key_fails_every_load(tmp_path: Path) -> None:
     for load in loads:
         with pytest.raises(ConfigError, match=r"params\.yaml: unknown top-level key\(s\) "
                                               r"\['trainn'\]; expected only \['crops', 'data', "
-                                              r"'datasets', 'eval', 'preset', 'report', "
-                                              r"'runtime', 'seed', 'train'\]"):
+                                              r"'datasets', 'eval', 'preset', 'pretrain', "
+                                              r"'report', 'runtime', 'seed', 'train'\]"):
             load()
 
 

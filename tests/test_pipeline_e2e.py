@@ -26,6 +26,11 @@ TINY: dict[str, Any] = {
     "datasets.synthetic.generator.num_train": 16,
     "datasets.synthetic.generator.num_val": 6,
     "datasets.synthetic.generator.sizes": [64, 80],
+    "pretrain.steps": 3,
+    "pretrain.num_images": 8,
+    "pretrain.batch_size": 4,
+    "pretrain.warmup_steps": 1,
+    "pretrain.global_size": 32,
     "crops.global_size": 32,
     "crops.local_size": 16,
     "train.epochs": 2,
@@ -77,7 +82,8 @@ def _copy_repo(dst: Path) -> None:
     ).stdout.splitlines()
     for rel in files:
         src = ROOT / rel
-        if not src.is_file() or rel.startswith(("reports/", "bench/")):
+        if not src.is_file() or (rel.startswith(("reports/", "bench/"))
+                                 and rel != "reports/demo_study.json"):
             continue
         target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +130,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_and_is_idempotent(repo: Path) -> None:
     out = _run(["dvc", "repro"], repo)
-    for stage in ("refs", "weights", "download@synthetic", "prepare@synthetic", "crops", "train",
+    for stage in ("refs", "pretrain", "weights", "download@synthetic", "prepare@synthetic",
+                  "crops", "train",
                   "features@synthetic", "eval_linear@synthetic", "eval_overcluster@synthetic",
                   "eval_hbird@synthetic", "report"):
         assert f"Running stage '{stage}'" in out, stage
@@ -133,7 +140,9 @@ def test_repro_runs_every_stage_and_is_idempotent(repo: Path) -> None:
         assert key in metrics, sorted(metrics)
     tables = (repo / "reports/tables.md").read_text()
     assert "Linear segmentation" in tables and "Hummingbird" in tables
-    for fig in ("training_loss", "linear_synthetic", "overcluster_synthetic", "hbird_synthetic"):
+    assert "## Pretraining" in tables and "masked_hog" in tables
+    for fig in ("pretrain_loss", "training_loss", "linear_synthetic", "overcluster_synthetic",
+                "hbird_synthetic"):
         assert (repo / f"reports/figures/{fig}.png").stat().st_size > 1000
     # Only `refs` (always run: it hashes the files behind weight params) reports a change.
     status = _run(["dvc", "status"], repo)

@@ -124,7 +124,8 @@ def test_paths_in_cmd_are_declared(name: str, item: str, body: dict[str, Any]) -
     """Every path argument of the command is a declared dep or out (or inside one)."""
     declared = [
         next(iter(d)) if isinstance(d, dict) else d
-        for d in body.get("deps", []) + body.get("outs", [])
+        for d in body.get("deps", []) + body.get("outs", []) + body.get("metrics", [])
+        + body.get("plots", [])
     ]
     argv = shlex.split(body["cmd"])
     for flag, value in zip(argv, argv[1:], strict=False):  # (argument, next argument) pairs
@@ -175,9 +176,12 @@ def _every_value_commented(path: Path) -> None:
 
 def test_metrics_and_plots_declared_at_top_level() -> None:
     dvc = _dvc()
-    assert dvc["metrics"] == ["reports/metrics.json"]
+    assert dvc["metrics"] == ["reports/metrics.json", "reports/pretrain/metrics.json"]
     plot_files = [next(iter(p)) for p in dvc["plots"]]
-    assert all(p.startswith("reports/train/") for p in plot_files)
+    assert all(p.startswith(("reports/train/", "reports/pretrain/")) for p in plot_files)
+    pretrain = dvc["stages"]["pretrain"]
+    assert [next(iter(m)) for m in pretrain["metrics"]] == ["reports/pretrain/metrics.json"]
+    assert [next(iter(m)) for m in pretrain["plots"]] == ["reports/pretrain/loss.tsv"]
     report_outs = [
         next(iter(o)) if isinstance(o, dict) else o for o in dvc["stages"]["report"]["outs"]
     ]

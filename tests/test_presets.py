@@ -166,7 +166,7 @@ def test_plan_counts_steps_downloads_and_reproduces_the_paper_budget() -> None:
     slow = plan(pil, workers=1)
     assert slow["s_per_step"]["data"] > slow["s_per_step"]["compute"]  # data-bound on 1 worker
     demo = plan(load_resolved(ROOT / "params.yaml"))
-    assert demo["optimizer_steps"] == 60 and demo["download_total_gb"] == 0
+    assert demo["optimizer_steps"] == 30 and demo["download_total_gb"] == 0
 
 
 def test_show_config_plan_cli() -> None:

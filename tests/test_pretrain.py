@@ -12,16 +12,16 @@ import torch
 
 from neco.config import ConfigError
 from neco.config.method import CropConfig
-from neco.data.sources.synthetic_images import SyntheticConfig
-from neco.models.export import load_exported
-from neco.models.vit import Backbone
-from neco.pretrain.config import (
+from neco.config.pretrain import (
     ExportNet,
     Objective,
     PretrainConfig,
     PretrainHeadConfig,
     TargetNorm,
 )
+from neco.data.sources.synthetic_images import SyntheticConfig
+from neco.models.export import load_exported
+from neco.models.vit import Backbone
 from neco.pretrain.dino_loss import (
     centred_targets,
     distillation_ce,
@@ -50,7 +50,7 @@ GENERATOR = SyntheticConfig(
 
 def tiny_config(objective: Objective, **kw: object) -> PretrainConfig:
     cfg = PretrainConfig(
-        backbone="vit_tiny_demo", seed=0, generator_seed=1, num_images=8, steps=3, batch_size=4,
+        seed=0, generator_seed=1, num_images=8, steps=3, batch_size=4,
         lr=1e-3, min_lr=1e-5, warmup_steps=1, weight_decay=0.04, weight_decay_end=0.4,
         momentum_start=0.9, momentum_end=1.0, grad_clip=3.0, drop_path=0.0, global_size=32,
         local_size=16, num_local=2, global_scale=[0.4, 1.0], local_scale=[0.1, 0.4],
@@ -197,8 +197,8 @@ def test_masked_hog_pretraining_learns(tmp_path: Path) -> None:
                       warmup_steps=2, jitter_strength=0.0, blur_strength=0.0,
                       global_scale=[0.9, 1.0])  # fmt: skip
     curve = tmp_path / "c.tsv"
-    summary = run_pretraining(cfg, generator=GENERATOR, out_path=tmp_path / "b.safetensors",
-                              curve_path=curve)
+    summary = run_pretraining(cfg, backbone="vit_tiny_demo", generator=GENERATOR,
+                              out_path=tmp_path / "b.safetensors", curve_path=curve)
     rows = [line.split("\t") for line in curve.read_text().splitlines()]
     floor = float(np.mean([float(r[rows[0].index("loss_cls")]) for r in rows[1:]]))
     # masked + visible terms (visible_weight 1): predicting the mean scores 2 x the floor
@@ -209,8 +209,8 @@ def test_masked_hog_pretraining_learns(tmp_path: Path) -> None:
 @pytest.mark.parametrize("objective", [Objective.CONTRASTIVE, Objective.DISTILLATION])
 def test_run_pretraining_writes_a_loadable_backbone(objective: Objective, tmp_path: Path) -> None:
     out, curve = tmp_path / "init.safetensors", tmp_path / "curve.tsv"
-    summary = run_pretraining(tiny_config(objective), generator=GENERATOR, out_path=out,
-                              curve_path=curve)
+    summary = run_pretraining(tiny_config(objective), backbone="vit_tiny_demo",
+                              generator=GENERATOR, out_path=out, curve_path=curve)
     assert math.isfinite(summary["loss_last"]) and summary["steps"] == 3
     assert len(curve.read_text().splitlines()) == 1 + 3
     backbone = load_exported(out, "vit_tiny_demo", pos_embed_interp="official")
@@ -221,11 +221,13 @@ def test_contrastive_loss_decreases_on_a_tiny_problem(tmp_path: Path) -> None:
     """Few images, many steps over them: the contrastive objective must fit them."""
     cfg = tiny_config(Objective.CONTRASTIVE, steps=25, num_images=4, batch_size=4, lr=2e-3,
                       warmup_steps=2, cls_weight=0.0, jitter_strength=0.0, blur_strength=0.0)
-    summary = run_pretraining(cfg, generator=GENERATOR, out_path=tmp_path / "b.safetensors")
+    summary = run_pretraining(cfg, backbone="vit_tiny_demo", generator=GENERATOR,
+                              out_path=tmp_path / "b.safetensors")
     assert summary["loss_last"] < summary["loss_first"] - 0.1
 
 
 def test_config_rejects_the_demo_seed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
-        run_pretraining(tiny_config(Objective.CONTRASTIVE, generator_seed=0), generator=GENERATOR,
+        run_pretraining(tiny_config(Objective.CONTRASTIVE, generator_seed=0),
+                        backbone="vit_tiny_demo", generator=GENERATOR,
                         out_path=tmp_path / "x.safetensors")

@@ -311,6 +311,10 @@ def _stage_inputs(tmp: Path) -> list[str]:
         "--resolved-config", str(_write(tmp / "models" / "neco" / "resolved_config.json",
                                         {"backbone": "vit_tiny_demo"})),
         "--paper", str(PAPER_CSV),
+        "--pretrain-record", str(_write(tmp / "models" / "pretrain" / "pretrain.json",
+                                        {"backbone": "vit_tiny_demo", "pretrained": False,
+                                         "reason": "pretrain.steps=0: the seeded random init"})),
+        "--pretrain-curve", str(_write(tmp / "reports" / "pretrain" / "loss.tsv", "step\tloss\n")),
         "--out-metrics", str(tmp / "reports" / "metrics.json"),
         "--out-tables", str(tmp / "reports" / "tables.md"),
         "--out-figures", str(tmp / "reports" / "figures"),
@@ -336,7 +340,8 @@ def test_stage_main_end_to_end_is_deterministic(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flag", ["--train-summary", "--resolved-config", "--metrics-dir",
-                                  "--train-plots", "--paper"])
+                                  "--train-plots", "--paper", "--pretrain-record",
+                                  "--pretrain-curve"])
 def test_stage_missing_input_names_the_path(tmp_path: Path, flag: str) -> None:
     from stages import report as stage  # needs neco.config (the lead's loader)
     argv = _stage_inputs(tmp_path)

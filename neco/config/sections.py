@@ -1,6 +1,6 @@
-"""The top-level ``params.yaml`` sections (``runtime``, ``data``, ``crops``, ``train``, ``eval``,
-``report``) as frozen dataclasses, nesting the component schemas of :mod:`neco.config.method` and
-:mod:`neco.config.evals`.
+"""The top-level ``params.yaml`` sections (``runtime``, ``data``, ``crops``, ``pretrain``,
+``train``, ``eval``, ``report``) as frozen dataclasses, nesting the component schemas of
+:mod:`neco.config.method`, :mod:`neco.config.evals` and :mod:`neco.config.pretrain`.
 
 Torch-free: a stage reads and checks its params in a fraction of a second. Schemas state types
 only; every value, with a comment, lives in
@@ -20,6 +20,7 @@ from neco.config.method import (
     Precision,
     TeacherHeadInit,
 )
+from neco.config.pretrain import PretrainConfig
 
 __all__ = [
     "DataConfig",
@@ -242,6 +243,7 @@ SECTION_SCHEMAS: dict[str, type] = {
     "runtime": RuntimeConfig,
     "data": DataConfig,
     "crops": CropConfig,
+    "pretrain": PretrainConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
     "report": ReportConfig,

@@ -11,11 +11,20 @@ the hub register model, method.md §13), the ``weights`` stage also loads the *s
 strictly through the baseline's key map (registers kept) and writes it as the ``baseline`` eval
 model. :func:`baseline_weights_source` says which file that is, or fails at once when none can be
 had (an exported ``*.safetensors`` ``train.weights`` holds no register tokens).
+
+Pretraining (:func:`pretrain_skip_reason`, :func:`pretrained_source`): a backbone without
+published weights (``vit_tiny_demo``) and no ``train.weights`` gets its init from the
+``pretrain`` stage (``models/pretrain``: a self-supervised backbone and its record); the record
+says why the stage did nothing otherwise, and the ``weights`` stage refuses a record written for
+another backbone or a file whose digest differs from the record's.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from neco.config import ConfigError
 from neco.models.fetch import resolve_weights_file, weights_cache_dir
@@ -24,6 +33,9 @@ from neco.models.registry import BACKBONES, SourceKind, WeightsError
 #: File names inside the ``weights`` stage output (``models/init``).
 INIT_FILE = "init_backbone.safetensors"
 BASELINE_FILE = "baseline_backbone.safetensors"
+#: File names inside the ``pretrain`` stage output (``models/pretrain``).
+PRETRAIN_FILE = "pretrained_backbone.safetensors"
+PRETRAIN_RECORD = "pretrain.json"
 
 
 @dataclass(frozen=True)
@@ -109,3 +121,79 @@ def baseline_weights_source(params: WeightsParams, source: str) -> str | None:
             f"({BACKBONES[params.backbone].weights.filename}) or to null (download it)"
         )
     return source
+
+
+def pretrain_skip_reason(params: WeightsParams, steps: int) -> str | None:
+    """Why the ``pretrain`` stage has nothing to do for these params, or None if it pretrains.
+
+    It pretrains only a registry backbone without published weights (``SourceKind.RANDOM``),
+    with ``train.weights`` null and ``pretrain.steps`` > 0.
+
+    Raises:
+        neco.config.ConfigError: unknown backbone, or negative ``pretrain.steps``.
+    """
+    if params.backbone not in BACKBONES:
+        raise ConfigError(
+            f"train.backbone: unknown backbone {params.backbone!r}; registered: {sorted(BACKBONES)}"
+        )
+    if steps < 0:
+        raise ConfigError(f"pretrain.steps={steps}: expected >= 0 (0 = no pretraining)")
+    if params.weights is not None:
+        return f"train.weights={params.weights!r} gives the init"
+    if BACKBONES[params.backbone].weights.kind is not SourceKind.RANDOM:
+        return f"{params.backbone} has published weights"
+    if steps == 0:
+        return "pretrain.steps=0: the seeded random init"
+    return None
+
+
+def read_pretrain_record(pretrain_dir: Path) -> dict[str, Any]:
+    """The ``pretrain`` stage's record (``models/pretrain/pretrain.json``).
+
+    Raises:
+        FileNotFoundError: no record (run ``dvc repro pretrain``).
+        ValueError: not a JSON object with ``backbone`` and ``pretrained``.
+    """
+    path = Path(pretrain_dir) / PRETRAIN_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretraining record; run `dvc repro pretrain` first")
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or not {"backbone", "pretrained"} <= set(record):
+        raise ValueError(f"{path}: expected a JSON object with 'backbone' and 'pretrained'")
+    return record
+
+
+def pretrained_source(pretrain_dir: Path, params: WeightsParams, steps: int) -> str | None:
+    """The pretrained backbone file the init is built from, or None (no pretraining applies).
+
+    Checks the record against the params (same backbone, pretraining expected iff the record
+    says it ran) and the file against the record's sha256, so a stale or foreign file is never
+    taken as the init.
+
+    Raises:
+        ValueError: the record disagrees with the params or the file with the record.
+        FileNotFoundError: the record or the file it names is missing.
+    """
+    from neco.io import sha256_file
+
+    record = read_pretrain_record(pretrain_dir)
+    expected = pretrain_skip_reason(params, steps) is None
+    where = Path(pretrain_dir) / PRETRAIN_RECORD
+    if record["backbone"] != params.backbone or bool(record["pretrained"]) != expected:
+        raise ValueError(
+            f"{where}: written for backbone {record['backbone']!r} (pretrained="
+            f"{record['pretrained']}), but train.backbone={params.backbone!r} expects "
+            f"pretrained={expected}; rerun `dvc repro pretrain`"
+        )
+    if not expected:
+        return None
+    path = Path(pretrain_dir) / PRETRAIN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: named by {where} but missing; rerun `dvc repro pretrain`")
+    digest = sha256_file(path)
+    if digest != record.get("sha256"):
+        raise ValueError(
+            f"{path}: sha256 {digest[:12]}... differs from the record's "
+            f"{str(record.get('sha256'))[:12]}...; rerun `dvc repro pretrain`"
+        )
+    return str(path)

@@ -18,7 +18,7 @@ collapses to uniform targets within the CPU budget, the other two learn (issue 1
 
 Read in order:
 
-* ``config.py``: the typed configuration (types only; values come from ``params.yaml``);
+* ``neco.config.pretrain``: the typed ``pretrain`` section (values in ``conf/config.yaml``);
 * ``images.py``: the pretraining images, rendered in memory from the synthetic generator;
 * ``views.py``: batched multi-crop geometry (``neco.method.crops``) and tensor augmentation;
 * ``dino_head.py``: the projection head with weight-normalised prototypes;
@@ -28,14 +28,15 @@ Read in order:
 * ``diagnostics.py``: the cross-view neighbour-consistency diagnostic of the issue-14 study
   (for aligned patches of two views, the overlap of their top-k reference neighbours).
 
-Not yet a pipeline stage: ``bench/demo_study.py`` drives it (``reports/demo_study.md``).
+The ``pretrain`` stage (``stages/pretrain.py``) runs it for the demo; ``bench/demo_study.py``
+drives it for the study (``reports/demo_study.md``).
 
 Imports: ``neco.config`` (errors), ``neco.data.sources`` (the generator), ``neco.method``
 (crops, ROI-Align, augmentation constants, schedules), ``neco.models`` (backbone, export) and
 ``neco.io``; nothing from ``neco.train`` or ``neco.evals``, and no paths are known here.
 """
 
-from neco.pretrain.config import PretrainConfig, TargetNorm
+from neco.config.pretrain import PretrainConfig, TargetNorm
 from neco.pretrain.run import run_pretraining
 
 __all__ = ["PretrainConfig", "TargetNorm", "run_pretraining"]

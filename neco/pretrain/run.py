@@ -34,13 +34,13 @@ from torch import nn
 
 from neco.config import ConfigError
 from neco.config.method import CropConfig
+from neco.config.pretrain import ExportNet, Objective, PretrainConfig, TargetNorm
 from neco.data.sources.synthetic_images import SyntheticConfig
 from neco.io import write_text
 from neco.method.roi import align_pairs
 from neco.method.schedules import cosine_schedule, ema_update
 from neco.models.export import export_backbone
 from neco.models.vit import Backbone, build_backbone
-from neco.pretrain.config import ExportNet, Objective, PretrainConfig, TargetNorm
 from neco.pretrain.dino_head import DinoHead
 from neco.pretrain.dino_loss import (
     centred_targets,
@@ -148,15 +148,17 @@ def _param_groups(net: nn.Module) -> list[dict[str, Any]]:
 def run_pretraining(
     cfg: PretrainConfig,
     *,
+    backbone: str,
     generator: SyntheticConfig,
     out_path: Path,
     curve_path: Path | None = None,
     log_every: int = 0,
 ) -> dict[str, Any]:
-    """Pretrain ``cfg.backbone`` from its seeded random init; write the backbone and the curve.
+    """Pretrain ``backbone`` from its seeded random init; write the backbone and the curve.
 
     Args:
         cfg: the run.
+        backbone: registry key (``vit_tiny_demo``).
         generator: the demo generator block; the pretraining images are it reseeded with
             ``cfg.generator_seed`` (which must differ from ``generator.seed``).
         out_path: exported backbone (``*.safetensors``, the ``weights`` stage's format).
@@ -172,13 +174,13 @@ def run_pretraining(
     torch.manual_seed(cfg.seed)
     images = render_images(generator, seed=cfg.generator_seed, num_images=cfg.num_images)
     if cfg.objective is Objective.MASKED_HOG:
-        return _finish(cfg, _run_masked_hog(cfg, images, out_path, log_every), curve_path,
-                       t_start)
+        return _finish(cfg, _run_masked_hog(cfg, backbone, images, out_path, log_every),
+                       curve_path, t_start)
     gen = torch.Generator().manual_seed(cfg.seed)
-    student_bb = build_backbone(cfg.backbone, weights="random", cache_dir=None,
+    student_bb = build_backbone(backbone, weights="random", cache_dir=None,
                                 drop_path_rate=cfg.drop_path, pos_embed_interp="official",
                                 seed=cfg.seed)  # fmt: skip
-    teacher_bb = build_backbone(cfg.backbone, weights="random", cache_dir=None,
+    teacher_bb = build_backbone(backbone, weights="random", cache_dir=None,
                                 drop_path_rate=0.0, pos_embed_interp="official", seed=cfg.seed)
     teacher_bb.load_state_dict(student_bb.state_dict())
     h, dim = cfg.head, student_bb.embed_dim
@@ -315,7 +317,7 @@ def run_pretraining(
 
 
 def _run_masked_hog(
-    cfg: PretrainConfig, images: list[torch.Tensor], out_path: Path, log_every: int
+    cfg: PretrainConfig, name: str, images: list[torch.Tensor], out_path: Path, log_every: int
 ) -> list[dict[str, float]]:
     """MaskFeat: the student alone (no teacher), one augmented view per image per step.
 
@@ -324,7 +326,7 @@ def _run_masked_hog(
     entropy and teacher columns are NaN.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.backbone, weights="random", cache_dir=None,
+    backbone = build_backbone(name, weights="random", cache_dir=None,
                               drop_path_rate=cfg.drop_path, pos_embed_interp="official",
                               seed=cfg.seed)  # fmt: skip
     patch = backbone.patch_size

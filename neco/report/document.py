@@ -78,12 +78,31 @@ def _config_section(resolved: Mapping[str, Any]) -> list[str]:
 
 
 RANDOM_INIT_NOTE = (
-    "> **Note:** `{backbone}` starts from a *random* initialisation, so these runs check that "
+    "> **Note:** `{backbone}` starts from a *random* initialisation (`pretrain.steps: 0`), so "
+    "these runs check that "
     "every stage works, not that NeCo helps: NeCo refines a backbone whose patch neighbours "
     "already mean something (a pretrained one). From random weights the ranking targets are "
     "unstable and Δ ≈ 0 (or slightly negative) is the expected outcome; see README "
     "\"What the demo shows\"."
 )
+
+
+PRETRAIN_KEYS: tuple[str, ...] = (
+    "backbone", "objective", "steps", "num_images", "generator_seed", "loss_first", "loss_last",
+    "loss_last_over_floor",
+)
+
+
+def _pretrain_section(record: Mapping[str, Any], figure: str | None) -> list[str]:
+    """The ``pretrain`` stage: what it trained, its losses and curve, or why it did nothing."""
+    if not record.get("pretrained"):
+        return [f"Not run: {record.get('reason', 'no reason recorded')}."]
+    lines = [f"![pretraining loss]({figure})", ""] if figure else []
+    rows = [[k, fmt_value(record[k])] for k in PRETRAIN_KEYS if k in record]
+    lines += md_table(["key", "value"], rows, numeric=False)
+    return lines + ["", "`loss_last_over_floor`: the masked-HOG loss over the last 10% of steps "
+                    "as a fraction of predicting the batch-mean HOG (1 = nothing learned)."
+                    if "loss_last_over_floor" in record else ""]
 
 
 def _random_init(backbone: str) -> bool:
@@ -97,7 +116,8 @@ def _random_init(backbone: str) -> bool:
 def render_tables(entries: Sequence[EvalEntry], *, train_summary: Mapping[str, Any],
                   resolved_config: Mapping[str, Any], paper_rows: Sequence[PaperRow],
                   cfg: ReportConfig, loss_figure: str | None,
-                  figures: Sequence[str]) -> str:
+                  figures: Sequence[str], pretrain: Mapping[str, Any] | None = None,
+                  pretrain_figure: str | None = None, demo: Sequence[str] = ()) -> str:
     """Lay out ``reports/tables.md``.
 
     Args:
@@ -109,6 +129,10 @@ def render_tables(entries: Sequence[EvalEntry], *, train_summary: Mapping[str, A
         cfg: the ``report`` params section.
         loss_figure: link to the training-loss PNG, relative to the tables file (or None).
         figures: links to the other PNGs (per-protocol figures), relative to the tables file.
+        pretrain: the ``pretrain`` stage record (None: no section).
+        pretrain_figure: link to the pretraining-loss PNG.
+        demo: the "What the demo shows" lines (``neco.report.demo.demo_section``); they replace
+            the random-init note when the init was pretrained.
 
     Returns:
         The markdown text (LF line endings, trailing newline).
@@ -121,7 +145,10 @@ def render_tables(entries: Sequence[EvalEntry], *, train_summary: Mapping[str, A
     }
     lines = [HEADER, "", "# Results", "", LEGEND, ""]
     backbone = resolved_config.get("backbone")
-    if isinstance(backbone, str) and _random_init(backbone):
+    if demo:
+        lines += ["## What the demo shows", "", *demo]
+    elif (isinstance(backbone, str) and _random_init(backbone)
+          and not (pretrain or {}).get("pretrained")):
         lines += [RANDOM_INIT_NOTE.format(backbone=backbone), ""]
     for protocol in ordered(list(PROTOCOL_ORDER) + [e.protocol for e in entries],
                             PROTOCOL_ORDER):
@@ -134,6 +161,8 @@ def render_tables(entries: Sequence[EvalEntry], *, train_summary: Mapping[str, A
         lines += build(group) if build else other_section(group, notes)
     lines += ["## Settings", ""] + notes.render() + ["", "Paper sources:", ""]
     lines += [f"- {tag}: {text}" for tag, text in TAG_LEGEND.items()] + [""]
+    if pretrain is not None:
+        lines += ["## Pretraining", ""] + _pretrain_section(pretrain, pretrain_figure) + [""]
     lines += ["## Training", ""] + _train_section(train_summary, loss_figure) + [""]
     lines += ["## Resolved training config", ""] + _config_section(resolved_config) + [""]
     lines += ["## Figures", ""]

@@ -1,8 +1,8 @@
-"""Typed configuration of the self-supervised pretraining (types only, STYLE P3).
+"""The ``pretrain`` section: self-supervised pretraining of a backbone without published weights.
 
-The values will live in a ``pretrain`` section of ``params.yaml``; until that section exists the
-study script (``bench/demo_study.py``) builds :class:`PretrainConfig` itself. Enums rather than
-``Literal`` (OmegaConf 2.3).
+Types only (STYLE P3); every value, with its comment, lives in ``conf/config.yaml``. Read by the
+``pretrain`` stage (``neco.pretrain.run_pretraining``) and by the study script
+(``bench/demo_study.py``). Enums rather than ``Literal`` (OmegaConf 2.3).
 """
 
 from __future__ import annotations
@@ -70,13 +70,15 @@ class PretrainHeadConfig:
 class PretrainConfig:
     """One pretraining run.
 
+    The backbone is ``train.backbone`` (trained from its seeded random init); the stage runs
+    only for registry backbones without published weights and ``train.weights: null``.
+
     Attributes:
-        backbone: registry key (``vit_tiny_demo``); trained from its seeded random init.
+        steps: optimiser steps; 0 = no pretraining (the seeded random init, as before).
         seed: seed of the init, the crops, the augmentation and the image sampling.
         generator_seed: synthetic generator seed of the pretraining images; must differ from
             the seed of the dataset NeCo trains and is evaluated on (disjoint images).
         num_images: pretraining images rendered from that seed.
-        steps: optimiser steps.
         batch_size: images per step.
         lr: AdamW peak learning rate (after the linear warm-up).
         min_lr: cosine floor of the learning rate.
@@ -120,7 +122,6 @@ class PretrainConfig:
             (MaskFeat 0: masked patches only).
     """
 
-    backbone: str
     seed: int
     generator_seed: int
     num_images: int

@@ -1,0 +1,134 @@
+"""The demo's reading of its numbers (``neco.report.demo``) and the pretrain -> weights hand-over.
+
+The study's seed spread and random-init reference are printed only for the configuration the
+study measured and only while our init reproduces the study's init; a pretrained init file is
+taken only when its record matches the params and its digest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neco.models.init_weights import (
+    PRETRAIN_FILE,
+    PRETRAIN_RECORD,
+    WeightsParams,
+    pretrain_skip_reason,
+    pretrained_source,
+)
+from neco.report.demo import demo_section, matching_setting
+
+PRETRAIN_CFG = {"steps": 400, "objective": "masked_hog", "lr": 0.001}
+RECORD = {"backbone": "vit_tiny_demo", "pretrained": True, "objective": "masked_hog",
+          "steps": 400, "num_images": 2000, "generator_seed": 1, "config": PRETRAIN_CFG}
+RESOLVED = {"values": {"lr_backbone": 3e-5, "epochs": 5},
+            "params_keys": {"lr_backbone": "train.lr_backbone", "epochs": "train.epochs"}}
+
+
+def _metrics(init: dict[str, float], neco: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for model, s in (("init", init), ("neco", neco)):
+        out[f"hbird.synthetic.{model}.f1_1.miou"] = s["hbird"]
+        out[f"linear.synthetic.{model}.miou"] = s["linear"]
+        out[f"overcluster.synthetic.{model}.k7.miou"] = s["k7"]
+        out[f"overcluster.synthetic.{model}.k14.miou"] = s["k14"]
+        out[f"overcluster.synthetic.{model}.k28.miou"] = s["k28"]
+    return out
+
+
+INIT = {"hbird": 24.7, "linear": 26.0, "k7": 18.6, "k14": 20.0, "k28": 21.1}
+NECO = {"hbird": 24.3, "linear": 26.2, "k7": 18.1, "k14": 20.5, "k28": 21.6}
+
+
+def _study(init_shift: float = 0.0, lr: float = 3e-5) -> dict[str, Any]:
+    def stat(init: float, gap: float, std: float) -> dict[str, float]:
+        return {"init": init + init_shift, "gap": gap, "std": std, "mean": init + gap}
+
+    return {
+        "inits": {"ssl": {"config": {"backbone": "vit_tiny_demo", **PRETRAIN_CFG}},
+                  "random": {"config": None}},
+        "neco_base": {"train.epochs": 5},
+        "settings": [
+            {"name": "random_A", "init": "random", "train_images": 0, "neco": {},
+             "init_scores": {"hbird": 14.4, "cluster_k7": 7.4, "overcluster_mean": 15.3,
+                             "linear": 15.2}},
+            {"name": "ssl_A", "init": "ssl", "train_images": 0, "note": "the demo",
+             "neco": {"train.lr_backbone": lr}},
+            {"name": "ssl_1k", "init": "ssl", "train_images": 1000, "neco": {}},
+        ],
+        "summary": {"ssl_A": {"n": 3, "hbird": stat(24.7, -0.3, 0.3),
+                              "cluster_k7": stat(18.6, -0.4, 0.5),
+                              "overcluster_mean": stat(20.55, 1.2, 0.4),
+                              "linear": stat(26.0, 0.1, 0.9)}},
+    }
+
+
+def test_matching_setting_needs_the_same_init_overrides_and_split() -> None:
+    assert matching_setting(_study(), PRETRAIN_CFG, RESOLVED)["name"] == "ssl_A"  # type: ignore[index]
+    assert matching_setting(_study(lr=1e-4), PRETRAIN_CFG, RESOLVED) is None
+    assert matching_setting(_study(), {**PRETRAIN_CFG, "steps": 200}, RESOLVED) is None
+
+
+def test_demo_section_prints_the_spread_of_the_matching_setting() -> None:
+    text = "\n".join(demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
+                                  study=_study(), resolved=RESOLVED))
+    hb = next(line for line in text.splitlines() if line.startswith("| Hummingbird 1/1"))
+    cells = [c.strip() for c in hb.strip("|").split("|")]
+    assert cells == ["Hummingbird 1/1", "14.4", "24.7", "+10.3", "24.3", "-0.4", "-0.3 ± 0.3",
+                     "no"]
+    over = next(line for line in text.splitlines() if line.startswith("| overclustering mean"))
+    assert over.rstrip().endswith("| +1.2 ± 0.4 | yes |")  # 1.2 > 2 x 0.4
+    assert "`ssl_A`" in text and "3 NeCo seeds" in text
+
+
+def test_demo_section_hides_a_study_whose_init_we_no_longer_reproduce() -> None:
+    text = "\n".join(demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
+                                  study=_study(init_shift=0.8), resolved=RESOLVED))
+    assert "-0.3 ± 0.3" not in text and "differ from ours by more than 0.5 points" in text
+    assert "| 14.4 |" not in text  # no random reference either
+
+
+def test_demo_section_without_a_matching_study_says_so() -> None:
+    lines = demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
+                         study=_study(lr=1e-4), resolved=RESOLVED)
+    assert any("did not measure this configuration" in line for line in lines)
+    assert not any("-0.3 ± 0.3" in line for line in lines)
+    assert demo_section(_metrics(INIT, NECO), dataset="synthetic",
+                        pretrain={**RECORD, "pretrained": False}, study=_study(),
+                        resolved=RESOLVED) == []
+
+
+def test_pretrain_runs_only_for_backbones_without_published_weights() -> None:
+    demo = WeightsParams("vit_tiny_demo", None, None)
+    assert pretrain_skip_reason(demo, 400) is None
+    assert "steps=0" in str(pretrain_skip_reason(demo, 0))
+    assert "published weights" in str(
+        pretrain_skip_reason(WeightsParams("dinov2_vits14", None, None), 400))
+    assert "train.weights" in str(
+        pretrain_skip_reason(WeightsParams("vit_tiny_demo", "my.safetensors", None), 400))
+
+
+def test_pretrained_source_refuses_stale_or_foreign_files(tmp_path: Path) -> None:
+    from neco.io import sha256_file
+
+    demo = WeightsParams("vit_tiny_demo", None, None)
+    (tmp_path / PRETRAIN_FILE).write_bytes(b"weights")
+    record = {"backbone": "vit_tiny_demo", "pretrained": True,
+              "sha256": sha256_file(tmp_path / PRETRAIN_FILE)}
+    (tmp_path / PRETRAIN_RECORD).write_text(json.dumps(record))
+    assert pretrained_source(tmp_path, demo, 400) == str(tmp_path / PRETRAIN_FILE)
+    with pytest.raises(ValueError, match="expects pretrained=False"):
+        pretrained_source(tmp_path, demo, 0)  # pretrain.steps changed, record not rerun
+    (tmp_path / PRETRAIN_FILE).write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="sha256"):
+        pretrained_source(tmp_path, demo, 400)
+    (tmp_path / PRETRAIN_RECORD).write_text(json.dumps({**record, "backbone": "dinov2_vits14"}))
+    with pytest.raises(ValueError, match="written for backbone 'dinov2_vits14'"):
+        pretrained_source(tmp_path, demo, 400)
+    (tmp_path / PRETRAIN_RECORD).unlink()
+    with pytest.raises(FileNotFoundError, match="dvc repro pretrain"):
+        pretrained_source(tmp_path, demo, 400)
