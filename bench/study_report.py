@@ -137,7 +137,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines += ["", "Settings (NeCo overrides on top of the committed demo params):", ""]
     for s in results["settings"]:
         if s["runs"]:
-            lines.append(f"- `{s['name']}`: {s['note']}; `{json.dumps(s['neco'], sort_keys=True)}`")
+            gen = s.get("train_generator")
+            extra = f"; training images' generator `{json.dumps(gen, sort_keys=True)}`" if gen \
+                else ""
+            lines.append(f"- `{s['name']}`: {s['note']}; `{json.dumps(s['neco'], sort_keys=True)}`"
+                         f"{extra}")
     pending = [name for name in results.get("planned", []) if name not in summary]
     if pending:
         lines += ["", "Planned, not run yet (resume with `python -m bench.demo_study`): "

@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
         write_text(args.curve, _curve_tsv([], floor_scale))
         print(f"[pretrain] nothing to do: {reason}")
     else:
+        import torch
+
         from neco.config import load_section
         from neco.data.sources.synthetic import SyntheticSourceConfig
         from neco.pretrain import run_pretraining
-
-        import torch
 
         # One intra-op thread: CPU training results depend on the thread count (the order of
         # float sums), so one thread gives the same init on every machine, and the committed

@@ -25,8 +25,10 @@ from neco.report.demo import demo_section, matching_setting
 PRETRAIN_CFG = {"steps": 400, "objective": "masked_hog", "lr": 0.001}
 RECORD = {"backbone": "vit_tiny_demo", "pretrained": True, "objective": "masked_hog",
           "steps": 400, "num_images": 2000, "generator_seed": 1, "config": PRETRAIN_CFG}
-RESOLVED = {"values": {"lr_backbone": 3e-5, "epochs": 5},
-            "params_keys": {"lr_backbone": "train.lr_backbone", "epochs": "train.epochs"}}
+RESOLVED = {"values": {"lr_backbone": 3e-5, "epochs": 5, "batch_size": 16},
+            "params_keys": {"lr_backbone": "train.lr_backbone", "epochs": "train.epochs",
+                            "batch_size": "train.batch_size"}}
+STEPS = 30  # 96 images // 16 x 5 epochs
 
 
 def _metrics(init: dict[str, float], neco: dict[str, float]) -> dict[str, float]:
@@ -53,12 +55,14 @@ def _study(init_shift: float = 0.0, lr: float = 3e-5) -> dict[str, Any]:
                   "random": {"config": None}},
         "neco_base": {"train.epochs": 5},
         "settings": [
-            {"name": "random_A", "init": "random", "train_images": 0, "neco": {},
+            {"name": "random_A", "init": "random", "train_images": 96, "neco": {},
              "init_scores": {"hbird": 14.4, "cluster_k7": 7.4, "overcluster_mean": 15.3,
                              "linear": 15.2}},
-            {"name": "ssl_A", "init": "ssl", "train_images": 0, "note": "the demo",
+            {"name": "ssl_A", "init": "ssl", "train_images": 96, "note": "the demo",
              "neco": {"train.lr_backbone": lr}},
             {"name": "ssl_1k", "init": "ssl", "train_images": 1000, "neco": {}},
+            {"name": "ssl_dense", "init": "ssl", "train_images": 96, "neco": {},
+             "train_generator": {"objects_max": 5}},
         ],
         "summary": {"ssl_A": {"n": 3, "hbird": stat(24.7, -0.3, 0.3),
                               "cluster_k7": stat(18.6, -0.4, 0.5),
@@ -68,14 +72,23 @@ def _study(init_shift: float = 0.0, lr: float = 3e-5) -> dict[str, Any]:
 
 
 def test_matching_setting_needs_the_same_init_overrides_and_split() -> None:
-    assert matching_setting(_study(), PRETRAIN_CFG, RESOLVED)["name"] == "ssl_A"  # type: ignore[index]
-    assert matching_setting(_study(lr=1e-4), PRETRAIN_CFG, RESOLVED) is None
-    assert matching_setting(_study(), {**PRETRAIN_CFG, "steps": 200}, RESOLVED) is None
+    study = _study()
+    study["settings"] = [study["settings"][3], *study["settings"][:3]]  # ssl_dense first
+    found = matching_setting(study, PRETRAIN_CFG, RESOLVED, STEPS)  # another image distribution
+    assert found is not None and found["name"] == "ssl_A"
+    found = matching_setting(_study(), PRETRAIN_CFG, RESOLVED, STEPS)
+    assert found is not None and found["name"] == "ssl_A"
+    assert matching_setting(_study(lr=1e-4), PRETRAIN_CFG, RESOLVED, STEPS) is None
+    assert matching_setting(_study(), {**PRETRAIN_CFG, "steps": 200}, RESOLVED, STEPS) is None
+    # 1,000 images // 16 x 5 epochs = 310 steps: only the 1k setting would match that run
+    other = matching_setting(_study(), PRETRAIN_CFG, RESOLVED, 310)
+    assert other is not None and other["name"] == "ssl_1k"
+    assert matching_setting(_study(), PRETRAIN_CFG, RESOLVED, 31) is None
 
 
 def test_demo_section_prints_the_spread_of_the_matching_setting() -> None:
     text = "\n".join(demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
-                                  study=_study(), resolved=RESOLVED))
+                                  study=_study(), resolved=RESOLVED, steps=STEPS))
     hb = next(line for line in text.splitlines() if line.startswith("| Hummingbird 1/1"))
     cells = [c.strip() for c in hb.strip("|").split("|")]
     assert cells == ["Hummingbird 1/1", "14.4", "24.7", "+10.3", "24.3", "-0.4", "-0.3 ± 0.3",
@@ -83,23 +96,30 @@ def test_demo_section_prints_the_spread_of_the_matching_setting() -> None:
     over = next(line for line in text.splitlines() if line.startswith("| overclustering mean"))
     assert over.rstrip().endswith("| +1.2 ± 0.4 | yes |")  # 1.2 > 2 x 0.4
     assert "`ssl_A`" in text and "3 NeCo seeds" in text
+    # every Δ of ours is inside the study mean ± 2 std (overclustering +0.5 vs +1.2 ± 2 x 0.4)
+    assert "lies outside" not in text
+    far = {**NECO, "k14": 24.0, "k28": 25.0}  # overclustering Δ +4.0
+    text = "\n".join(demo_section(_metrics(INIT, far), dataset="synthetic", pretrain=RECORD,
+                                  study=_study(), resolved=RESOLVED, steps=STEPS))
+    assert "lies outside the study's mean ± 2 std on: overclustering mean;" in text
 
 
 def test_demo_section_hides_a_study_whose_init_we_no_longer_reproduce() -> None:
     text = "\n".join(demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
-                                  study=_study(init_shift=0.8), resolved=RESOLVED))
+                                  study=_study(init_shift=0.8), resolved=RESOLVED,
+                                  steps=STEPS))
     assert "-0.3 ± 0.3" not in text and "differ from ours by more than 0.5 points" in text
     assert "| 14.4 |" not in text  # no random reference either
 
 
 def test_demo_section_without_a_matching_study_says_so() -> None:
     lines = demo_section(_metrics(INIT, NECO), dataset="synthetic", pretrain=RECORD,
-                         study=_study(lr=1e-4), resolved=RESOLVED)
+                         study=_study(lr=1e-4), resolved=RESOLVED, steps=STEPS)
     assert any("did not measure this configuration" in line for line in lines)
     assert not any("-0.3 ± 0.3" in line for line in lines)
     assert demo_section(_metrics(INIT, NECO), dataset="synthetic",
                         pretrain={**RECORD, "pretrained": False}, study=_study(),
-                        resolved=RESOLVED) == []
+                        resolved=RESOLVED, steps=STEPS) == []
 
 
 def test_pretrain_runs_only_for_backbones_without_published_weights() -> None:

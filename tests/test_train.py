@@ -105,7 +105,8 @@ def test_outputs(tiny: TinySetup, reference: dict[str, Any]) -> None:
     assert resolved["steps_per_epoch"] == 3 and resolved["backbone"] == "vit_tiny_demo"
     assert resolved["values"]["epochs"] == 2 and resolved["values"]["global_size"] == 32
     assert resolved["origin"]["lr_backbone"] == "params" and len(resolved["fingerprint"]) == 16
-    assert resolved["origin"]["momentum_start"] == "recipe" and not resolved["matches_paper"]
+    assert resolved["origin"]["momentum_start"] == "params" and not resolved["matches_paper"]
+    assert resolved["origin"]["drop_path"] == "recipe"
     assert resolved["deviations"]["train.loss.roi_k"] == {"value": 2, "paper": 7}
 
     # summary.json: the results; run_training's return adds the run facts (not versioned)

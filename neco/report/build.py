@@ -109,8 +109,10 @@ def build_report(
     plot_training_curve(pretrain_curves, pretrain_png)
     metrics = rollup(entries, summary, train_source=str(train_summary))
     write_json(out_metrics, metrics)
+    steps = summary.get("steps")
     demo = demo_section(metrics, dataset=datasets[0], pretrain=pretrain, study=study_obj,
-                        resolved=resolved) if len(datasets) == 1 else []
+                        resolved=resolved, steps=steps if isinstance(steps, int) else -1,
+                        ) if len(datasets) == 1 else []
     write_text(out_tables, render_tables(
         entries, train_summary=summary, resolved_config=resolved, paper_rows=paper_rows,
         cfg=cfg, loss_figure=_link(loss_png, start),

@@ -48,10 +48,20 @@ def _scores(metrics: Mapping[str, Any], dataset: str, model: str) -> dict[str, f
 
 
 def matching_setting(study: Mapping[str, Any], pretrain_config: Mapping[str, Any],
-                     resolved: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The study setting that measured this run's configuration, or None."""
+                     resolved: Mapping[str, Any], steps: int) -> Mapping[str, Any] | None:
+    """The study setting that measured this run's configuration, or None.
+
+    Same pretraining config, every NeCo override of the setting equal to the run's resolved
+    value, and the same number of training images: the setting's ``train_images`` give the
+    run's ``steps`` (``(train_images // batch) * epochs``, the loader drops the last partial
+    batch), so the demo split (96) and an extra 1,000-image split never match each other; a
+    setting that trains on another image distribution (``train_generator``) never matches.
+    """
     values, keys = resolved.get("values"), resolved.get("params_keys")
     if not isinstance(values, Mapping) or not isinstance(keys, Mapping):
+        return None
+    batch, epochs = values.get("batch_size"), values.get("epochs")
+    if not isinstance(batch, int) or not isinstance(epochs, int) or batch < 1:
         return None
     effective = {str(keys.get(n, n)): v for n, v in values.items()}
     inits = study.get("inits", {})
@@ -59,7 +69,10 @@ def matching_setting(study: Mapping[str, Any], pretrain_config: Mapping[str, Any
         init = inits.get(setting.get("init"), {})
         config = {k: v for k, v in dict(init.get("config") or {}).items() if k != "backbone"}
         overrides = {**study.get("neco_base", {}), **setting.get("neco", {})}
-        if (setting.get("train_images") == 0 and config == dict(pretrain_config)
+        images = setting.get("train_images")
+        if (isinstance(images, int) and (images // batch) * epochs == steps
+                and not setting.get("train_generator")
+                and config == dict(pretrain_config)
                 and all(k in effective and effective[k] == v for k, v in overrides.items())):
             found: Mapping[str, Any] = setting
             return found
@@ -81,7 +94,8 @@ def _f(x: float | None, sign: bool = False) -> str:
 
 
 def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[str, Any],
-                 study: Mapping[str, Any] | None, resolved: Mapping[str, Any]) -> list[str]:
+                 study: Mapping[str, Any] | None, resolved: Mapping[str, Any],
+                 steps: int) -> list[str]:
     """The "What the demo shows" lines of ``tables.md`` (empty if the init was not pretrained).
 
     Args:
@@ -90,6 +104,7 @@ def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[
         pretrain: the ``pretrain`` stage record.
         study: ``reports/demo_study.json`` (None: not committed).
         resolved: the training resolution (``models/neco/resolved_config.json``).
+        steps: NeCo optimiser steps of the run (the training summary).
     """
     if not pretrain.get("pretrained"):
         return []
@@ -103,18 +118,21 @@ def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[
         f"{pretrain.get('generator_seed')}, disjoint from the NeCo train and eval images; "
         f"section Pretraining). This run trains one NeCo seed.", "",
     ]
-    setting = matching_setting(study, pretrain.get("config", {}), resolved) if study else None
+    setting = (matching_setting(study, pretrain.get("config", {}), resolved, steps)
+               if study else None)
     summary = study.get("summary", {}).get(setting["name"], {}) if study and setting else {}
     agree = [label for label, ours, key in PROTOCOLS
              if abs(init[ours] - float(summary.get(key, {}).get("init", "nan"))) <= INIT_TOLERANCE]
     applies = bool(summary) and len(agree) == len(PROTOCOLS)
     random = _random_reference(study) if (study and applies) else None
-    rows = []
+    rows, outside = [], []
     for label, ours, key in PROTOCOLS:
         stat: Mapping[str, float] = summary.get(key, {}) if applies else {}
         rnd = float(random[key]) if random and key in random else None
         std = float(stat.get("std", float("nan")))
         delta = neco[ours] - init[ours]
+        if stat and abs(delta - stat["gap"]) > 2 * std:
+            outside.append(label)
         rows.append([
             label, _f(rnd), _f(init[ours]), _f(init[ours] - rnd if rnd is not None else None, True),
             _f(neco[ours]), _f(delta, True),
@@ -133,6 +151,10 @@ def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[
             "on every protocol). Chance-level reference: the random init of the same "
             "architecture. A Δ inside ±2 std is seed noise, not an effect.", "",
         ]
+        if outside:
+            lines += [f"This run's Δ lies outside the study's mean ± 2 std on: "
+                      f"{', '.join(outside)}; one seed is one draw, the study's mean over "
+                      f"{n} seeds is the estimate.", ""]
     elif study is None:
         lines += ["No study committed (`reports/demo_study.json`): no seed spread.", ""]
     elif setting is None:
