@@ -20,11 +20,12 @@ Wall time goes to ``--timings`` (not an output). It runs on one CPU thread (see 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from neco.config import build_section, load_subset, load_value, read_params, to_plain
+from neco.config import load_section, load_subset, load_value, to_plain
 from neco.config.pretrain import Objective, PretrainConfig
 from neco.models.init_weights import (
     PRETRAIN_FILE,
@@ -64,11 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timings", type=Path, default=None, help="wall time JSON")
     args = parser.parse_args(argv)
 
-    params = read_params(args.params)
-    cfg = build_section(params.get("pretrain"), PretrainConfig, key="pretrain",
-                        source=str(args.params))  # fmt: skip
+    cfg = load_section(args.params, "pretrain", PretrainConfig)
     weights = load_subset(args.params, "train", WeightsParams)
-    load_value(args.params, "datasets.synthetic.generator.seed", int)  # a clear error if absent
     reason = pretrain_skip_reason(weights, cfg.steps)
 
     from neco.io import sha256_file, write_json, write_text
@@ -87,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     else:
         import torch
 
-        from neco.config import load_section
         from neco.data.sources.synthetic import SyntheticSourceConfig
         from neco.pretrain import run_pretraining
 
@@ -97,14 +94,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
         generator = load_section(args.params, "datasets.synthetic", SyntheticSourceConfig)
         progress = load_value(args.params, "runtime.progress", bool)
-        raw_curve = args.out / "curve_full.tsv"
-        summary = run_pretraining(
-            cfg, backbone=weights.backbone, generator=generator.generator,
-            out_path=args.out / PRETRAIN_FILE, curve_path=raw_curve,
-            log_every=max(1, cfg.steps // 20) if progress or cfg.steps >= 20 else 0,
-        )  # fmt: skip
-        rows = _read_curve(raw_curve)
-        raw_curve.unlink()
+        with tempfile.TemporaryDirectory() as tmp:  # the full curve holds timings: not an output
+            raw_curve = Path(tmp) / "curve.tsv"
+            summary = run_pretraining(
+                cfg, backbone=weights.backbone, generator=generator.generator,
+                out_path=args.out / PRETRAIN_FILE, curve_path=raw_curve,
+                log_every=max(1, cfg.steps // 20) if progress or cfg.steps >= 20 else 0,
+            )  # fmt: skip
+            rows = _read_curve(raw_curve)
         write_text(args.curve, _curve_tsv(rows, floor_scale))
         metrics.update(steps=cfg.steps, loss_first=summary["loss_first"],
                        loss_last=summary["loss_last"])  # fmt: skip

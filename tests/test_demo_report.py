@@ -20,6 +20,7 @@ from neco.models.init_weights import (
     pretrain_skip_reason,
     pretrained_source,
 )
+from neco.report.collect import EvalEntry
 from neco.report.demo import demo_section, matching_setting
 
 PRETRAIN_CFG = {"steps": 400, "objective": "masked_hog", "lr": 0.001}
@@ -31,15 +32,23 @@ RESOLVED = {"values": {"lr_backbone": 3e-5, "epochs": 5, "batch_size": 16},
 STEPS = 30  # 96 images // 16 x 5 epochs
 
 
-def _metrics(init: dict[str, float], neco: dict[str, float]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for model, s in (("init", init), ("neco", neco)):
-        out[f"hbird.synthetic.{model}.f1_1.miou"] = s["hbird"]
-        out[f"linear.synthetic.{model}.miou"] = s["linear"]
-        out[f"overcluster.synthetic.{model}.k7.miou"] = s["k7"]
-        out[f"overcluster.synthetic.{model}.k14.miou"] = s["k14"]
-        out[f"overcluster.synthetic.{model}.k28.miou"] = s["k28"]
-    return out
+def _metrics(init: dict[str, float], neco: dict[str, float]) -> list[EvalEntry]:
+    """Eval entries as the eval stages write them (fractions; K = C is the Hungarian run)."""
+    def cluster(s: dict[str, float]) -> dict[str, Any]:
+        runs = [{"k_used": k, "mean": s[f"k{k}"] / 100,
+                 "matching": "hungarian" if k == 7 else "many_to_one_precision"}
+                for k in (7, 14, 28)]
+        return {"miou": s["k7"] / 100, "results": runs}
+
+    models = {"init": init, "neco": neco}
+    return [
+        EvalEntry("hbird", "synthetic", "vit_tiny_demo",
+                  {m: {"miou": s["hbird"] / 100} for m, s in models.items()}, "hbird.json"),
+        EvalEntry("linear", "synthetic", "vit_tiny_demo",
+                  {m: {"miou": s["linear"] / 100} for m, s in models.items()}, "linear.json"),
+        EvalEntry("overcluster", "synthetic", "vit_tiny_demo",
+                  {m: cluster(s) for m, s in models.items()}, "overcluster.json"),
+    ]
 
 
 INIT = {"hbird": 24.7, "linear": 26.0, "k7": 18.6, "k14": 20.0, "k28": 21.1}
@@ -120,6 +129,23 @@ def test_demo_section_without_a_matching_study_says_so() -> None:
     assert demo_section(_metrics(INIT, NECO), dataset="synthetic",
                         pretrain={**RECORD, "pretrained": False}, study=_study(),
                         resolved=RESOLVED, steps=STEPS) == []
+    assert demo_section(_metrics(INIT, NECO)[:2], dataset="synthetic", pretrain=RECORD,
+                        study=_study(), resolved=RESOLVED, steps=STEPS) == []  # no clustering
+
+
+def test_pretrain_curve_reader(tmp_path: Path) -> None:
+    from neco.report.build import read_pretrain_curve
+    from neco.report.collect import ReportInputError
+
+    path = tmp_path / "loss.tsv"
+    path.write_text("step\tloss\tmean_floor\n0\t3.0\t4.0\n1\t2.0\t4.0\n")
+    curves = read_pretrain_curve(path)
+    assert [list(v[1]) for v in curves.values()] == [[3.0, 2.0], [4.0, 4.0]]
+    path.write_text("step\tloss\tmean_floor\n")
+    assert read_pretrain_curve(path) == {}  # the stage did not pretrain
+    path.write_text("step\tvalue\n0\t1\n")
+    with pytest.raises(ReportInputError, match="expected a TSV with columns step, loss"):
+        read_pretrain_curve(path)
 
 
 def test_pretrain_runs_only_for_backbones_without_published_weights() -> None:

@@ -35,6 +35,8 @@ def read_pretrain_curve(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         rows = [[float(v) for v in line.split("\t")] for line in lines[1:] if line]
     except ValueError as err:
         raise ReportInputError(f"{path}: non-numeric value: {err}") from err
+    if not rows:  # the stage did not pretrain: the figure says "no training curves logged"
+        return {}
     steps = [r[0] for r in rows]
     names = {"loss": "pretrain loss", "mean_floor": "loss of predicting the mean HOG (floor)"}
     return {names.get(h, h): (np.asarray(steps), np.asarray([r[i] for r in rows]))
@@ -110,7 +112,7 @@ def build_report(
     metrics = rollup(entries, summary, train_source=str(train_summary))
     write_json(out_metrics, metrics)
     steps = summary.get("steps")
-    demo = demo_section(metrics, dataset=datasets[0], pretrain=pretrain, study=study_obj,
+    demo = demo_section(entries, dataset=datasets[0], pretrain=pretrain, study=study_obj,
                         resolved=resolved, steps=steps if isinstance(steps, int) else -1,
                         ) if len(datasets) == 1 else []
     write_text(out_tables, render_tables(

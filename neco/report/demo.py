@@ -13,9 +13,10 @@ prints no spread, so a stale study is never presented as this run's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from neco.report.collect import EvalEntry
 from neco.report.tables import md_table
 
 #: mIoU points within which our init must reproduce the study's init (thread-count and BLAS
@@ -31,19 +32,19 @@ PROTOCOLS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _scores(metrics: Mapping[str, Any], dataset: str, model: str) -> dict[str, float] | None:
-    """Our scores of ``model`` in the study's keys, from the report roll-up."""
-    try:
-        hb = float(metrics[f"hbird.{dataset}.{model}.f1_1.miou"])
-        linear = float(metrics[f"linear.{dataset}.{model}.miou"])
-        ks = sorted(int(k.split(".")[3][1:]) for k in metrics
-                    if k.startswith(f"overcluster.{dataset}.{model}.k") and k.endswith(".miou"))
-        kc = ks[0]
-        over = [float(metrics[f"overcluster.{dataset}.{model}.k{k}.miou"]) for k in ks[1:]]
-        cluster = float(metrics[f"overcluster.{dataset}.{model}.k{kc}.miou"])
-    except (KeyError, IndexError, ValueError):
+def _scores(entries: Sequence[EvalEntry], dataset: str, model: str) -> dict[str, float] | None:
+    """Our scores of ``model`` in percent, from the eval entries: each protocol's primary
+    ``miou`` (linear: the selected epoch; clustering: K = C, Hungarian; Hummingbird: 1/1) and
+    the mean over the overclustering Ks (many-to-one matching)."""
+    found = {e.protocol: e.models[model] for e in entries
+             if e.dataset == dataset and model in e.models}
+    if not {"hbird", "overcluster", "linear"} <= set(found):
         return None
-    return {"hbird": hb, "cluster_kc": cluster, "linear": linear,
+    over = [100 * float(r["mean"]) for r in found["overcluster"].get("results", [])
+            if r.get("matching") != "hungarian"]
+    return {"hbird": 100 * float(found["hbird"]["miou"]),
+            "cluster_kc": 100 * float(found["overcluster"]["miou"]),
+            "linear": 100 * float(found["linear"]["miou"]),
             "overcluster_mean": sum(over) / len(over) if over else float("nan")}
 
 
@@ -93,13 +94,13 @@ def _f(x: float | None, sign: bool = False) -> str:
     return f"{x:+.1f}" if sign else f"{x:.1f}"
 
 
-def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[str, Any],
+def demo_section(entries: Sequence[EvalEntry], *, dataset: str, pretrain: Mapping[str, Any],
                  study: Mapping[str, Any] | None, resolved: Mapping[str, Any],
                  steps: int) -> list[str]:
     """The "What the demo shows" lines of ``tables.md`` (empty if the init was not pretrained).
 
     Args:
-        metrics: the report roll-up (``reports/metrics.json``).
+        entries: the validated eval metrics (``neco.report.collect.load_metrics``).
         dataset: the eval dataset (the demo's ``synthetic``).
         pretrain: the ``pretrain`` stage record.
         study: ``reports/demo_study.json`` (None: not committed).
@@ -108,7 +109,7 @@ def demo_section(metrics: Mapping[str, Any], *, dataset: str, pretrain: Mapping[
     """
     if not pretrain.get("pretrained"):
         return []
-    init, neco = _scores(metrics, dataset, "init"), _scores(metrics, dataset, "neco")
+    init, neco = _scores(entries, dataset, "init"), _scores(entries, dataset, "neco")
     if init is None or neco is None:
         return []
     lines = [
